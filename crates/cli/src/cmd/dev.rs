@@ -1,0 +1,127 @@
+//! `jetrun dev`: the whole pipeline in one process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use jetrun_harness::{ServerOptions, ServerProcess};
+use jetrun_nats::Topology;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::GlobalOpts;
+
+/// Run nats-server (managed), `init`, every function and the HTTP endpoint.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Directory for the managed server's JetStream store and logs, and for task
+    /// bundles, images and logs.
+    #[arg(long, env = "JETRUN_DATA_DIR", default_value = ".jetrun/dev")]
+    pub data_dir: PathBuf,
+    /// Address the managed nats-server listens on (ignored with --nats-url).
+    #[arg(long, env = "JETRUN_NATS_LISTEN", default_value = "127.0.0.1:4222")]
+    pub nats_listen: SocketAddr,
+    /// HTTP address of the webhook endpoint and API.
+    #[arg(long, env = "JETRUN_HTTP", default_value = "127.0.0.1:8080")]
+    pub http: SocketAddr,
+    /// Queues to serve (comma-separated).
+    #[arg(
+        long = "queue",
+        env = "JETRUN_QUEUES",
+        value_delimiter = ',',
+        default_value = "default"
+    )]
+    pub queues: Vec<String>,
+    #[command(flatten)]
+    pub ingest: crate::cmd::serve::DevArgs,
+    #[command(flatten)]
+    pub lifecycle: crate::cmd::worker::LifecycleArgs,
+    // <<< more dev flags from functions: keep this marker >>>
+}
+
+pub use super::supervise::Component;
+
+/// Runs until SIGTERM or Ctrl-C.
+pub async fn run(g: &GlobalOpts, a: Args) -> anyhow::Result<()> {
+    let shutdown = jetrun_host::shutdown_on_signals();
+    std::fs::create_dir_all(&a.data_dir).with_context(|| format!("creating {}", a.data_dir.display()))?;
+
+    // The NATS server: an existing one if --nats-url was given explicitly, else managed.
+    let explicit_url = std::env::args().any(|x| x == "--nats-url" || x.starts_with("--nats-url="))
+        || std::env::var("JETRUN_NATS_URL").is_ok();
+    let mut managed: Option<ServerProcess> = None;
+    let nats_url = if explicit_url {
+        g.nats_url.clone()
+    } else {
+        if std::net::TcpListener::bind(a.nats_listen).is_err() {
+            anyhow::bail!(
+                "{} is in use: pass --nats-url to use the server there, or --nats-listen to pick another address",
+                a.nats_listen
+            );
+        }
+        let store_dir = a.data_dir.join("jetstream");
+        let p = tokio::task::spawn_blocking({
+            let opts = ServerOptions {
+                addr: a.nats_listen,
+                store_dir,
+                name: "jetrun-dev".into(),
+                cluster: None,
+                log_file: a.data_dir.join("nats-server.log"),
+                extra_args: vec![],
+            };
+            move || ServerProcess::spawn(opts)
+        })
+        .await??;
+        info!(url = %p.url(), pid = ?p.pid(), "managed nats-server started");
+        let url = p.url();
+        managed = Some(p);
+        url
+    };
+
+    let result = run_pipeline(g, &a, &nats_url, shutdown.clone()).await;
+    if let Err(e) = &result {
+        error!(error = %format!("{e:#}"), "dev failed");
+    }
+    if let Some(mut p) = managed {
+        info!("stopping managed nats-server");
+        tokio::task::spawn_blocking(move || p.shutdown(Duration::from_secs(10))).await?;
+    }
+    result
+}
+
+async fn run_pipeline(
+    g: &GlobalOpts,
+    a: &Args,
+    nats_url: &str,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let names = g.names()?;
+    let client = jetrun_nats::connect(nats_url, "jetrun-dev", Duration::from_secs(20)).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let mut topo = Topology::new(names.clone());
+    topo.queues = a.queues.clone();
+    for r in topo.apply(&js).await? {
+        info!(kind = r.kind, name = %r.name, change = ?r.change, "topology");
+    }
+    let ctx = jetrun_host::Context::from_client(client, names).await?;
+
+    let mut components: Vec<Component> = Vec::new();
+    let http_url = format!("http://{}", a.http);
+    components.extend(crate::cmd::serve::dev_components(&ctx, a, shutdown.clone()).await?);
+    components.push((
+        "autoscale",
+        crate::cmd::scale::start(&ctx, &a.data_dir, nats_url, shutdown.clone()).await?,
+    ));
+    components.extend(
+        crate::cmd::worker::components(&ctx, &a.lifecycle, &a.data_dir, &a.queues, shutdown.clone()).await?,
+    );
+    // <<< components from functions: start each, push (name, handle); keep this marker >>>
+    let _ = &ctx;
+
+    println!("ready http={http_url} nats={nats_url}");
+    info!(http = %http_url, nats = %nats_url, components = components.len(), "jetrun dev is up; Ctrl-C to stop");
+
+    // Run until a signal, or until a component fails.
+    super::supervise::supervise(components, shutdown).await
+}

@@ -1,0 +1,172 @@
+//! `jetrun jobs list|get|watch|cancel`
+
+use std::io::Write;
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use jetrun_core::{JobRecord, JobStatus};
+
+use crate::GlobalOpts;
+
+/// Work with jobs.
+#[derive(Debug, clap::Subcommand)]
+pub enum JobsCmd {
+    /// List jobs of a queue, newest first.
+    List {
+        /// The queue (all queues if omitted).
+        #[arg(long, short)]
+        queue: Option<String>,
+        /// Only this status: queued, launching, running, succeeded, failed, timed_out, cancelled.
+        #[arg(long, short)]
+        status: Option<JobStatus>,
+        /// At most this many per queue.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job.
+    Get {
+        /// The job id.
+        id: String,
+        /// Print the job record as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow state changes as they happen (of one queue, or all).
+    Watch {
+        /// Only this queue.
+        #[arg(long, short)]
+        queue: Option<String>,
+        /// Only this job.
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Cancel a job: a queued job is cancelled at once; a running one is stopped.
+    Cancel {
+        /// The job id.
+        id: String,
+    },
+    /// Print the tail of a job's task logs, served by the node agent that ran it.
+    Logs {
+        /// The job id.
+        id: String,
+        /// How many last lines.
+        #[arg(long, default_value_t = 100)]
+        tail: usize,
+        /// Keep printing new lines until the job ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    // <<< more jobs subcommands: keep this marker >>>
+}
+
+fn row(r: &JobRecord) -> String {
+    format!(
+        "{:<36}  {:<10} {:<10} {:>3}/{:<3} {:>5}  {}",
+        r.id,
+        r.queue,
+        r.status.as_str(),
+        r.attempt,
+        r.max_attempts,
+        r.exit_code.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+        r.created_at.format("%Y-%m-%d %H:%M:%S"),
+    )
+}
+
+/// Runs a jobs subcommand.
+pub async fn run(g: &GlobalOpts, cmd: JobsCmd) -> anyhow::Result<()> {
+    let ctx = g.context("jetrun-jobs").await?;
+    match cmd {
+        JobsCmd::List {
+            queue,
+            status,
+            limit,
+            json,
+        } => {
+            let queues = match queue {
+                Some(q) => vec![q],
+                None => ctx.store.queues().await?,
+            };
+            let mut out = std::io::stdout().lock();
+            if !json {
+                writeln!(
+                    out,
+                    "{:<36}  {:<10} {:<10} {:>7} {:>5}  CREATED",
+                    "ID", "QUEUE", "STATUS", "ATTEMPT", "EXIT"
+                )?;
+            }
+            for q in queues {
+                for r in ctx.store.list(&q, status, limit).await? {
+                    if json {
+                        writeln!(out, "{}", serde_json::to_string(&r)?)?;
+                    } else {
+                        writeln!(out, "{}", row(&r))?;
+                    }
+                }
+            }
+        }
+        JobsCmd::Get { id, json } => {
+            let (r, rev) = ctx
+                .store
+                .get(&id)
+                .await?
+                .with_context(|| format!("no job {id}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("id:        {}", r.id);
+                println!("queue:     {}", r.queue);
+                println!("status:    {}", r.status);
+                println!("attempt:   {}/{}", r.attempt, r.max_attempts);
+                println!("image:     {}", r.spec.image);
+                println!("command:   {:?}", r.spec.command);
+                if let Some(c) = r.exit_code {
+                    println!("exit code: {c}");
+                }
+                if let Some(e) = &r.error {
+                    println!("error:     {}: {}", e.kind, e.message);
+                }
+                if let Some(t) = &r.task_ref {
+                    println!("task:      {t}");
+                }
+                if let Some(n) = &r.node_id {
+                    println!("node:      {n}");
+                }
+                println!("created:   {}", r.created_at);
+                if let Some(t) = r.finished_at {
+                    println!("finished:  {t}");
+                }
+                println!("revision:  {rev}");
+            }
+        }
+        JobsCmd::Watch { queue, id } => {
+            let subject = match (&queue, &id) {
+                (Some(q), Some(i)) => ctx.names.job_event(q, i),
+                (Some(q), None) => ctx.names.job_event(q, "*"),
+                (None, Some(i)) => format!("{}.job.event.*.{i}", ctx.names.prefix()),
+                (None, None) => ctx.names.job_event_all(),
+            };
+            let mut sub = ctx.client.subscribe(subject).await?;
+            eprintln!("watching; Ctrl-C to stop");
+            while let Some(m) = sub.next().await {
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&m.payload) {
+                    println!(
+                        "{}  {:<36}  {} -> {}",
+                        v["at"].as_str().unwrap_or(""),
+                        v["job_id"].as_str().unwrap_or(""),
+                        v["from"].as_str().unwrap_or("(new)"),
+                        v["to"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
+        JobsCmd::Cancel { id } => {
+            let status = jetrun_ingest::jobs::cancel(&ctx, &id).await?;
+            println!("{id} {status}");
+        }
+        JobsCmd::Logs { id, tail, follow } => crate::cmd::worker::logs(&ctx, &id, tail, follow).await?,
+    }
+    Ok(())
+}

@@ -1,0 +1,13 @@
+//! One module per command.
+
+pub mod dev;
+pub mod dlq;
+pub mod image;
+pub mod init;
+pub mod jobs;
+pub mod scale;
+pub mod serve;
+pub mod submit;
+pub mod supervise;
+pub mod worker;
+// <<< modules of commands from functions: one line each, keep this marker >>>

@@ -1,0 +1,270 @@
+//! `jetrun worker`: the job lifecycle of one node in one process — dispatch for the given
+//! queues, the node agent and settle. Several workers can run side by side on one host,
+//! each with its own `--data-dir` (and so its own node id); the autoscaler's `local`
+//! backend spawns them. Also `jetrun jobs logs` (logs served by the node agents).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use jetrun_agent::protocol::LogsRequest;
+use jetrun_runner::Runner;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::GlobalOpts;
+
+/// Which runner launches tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RunnerKind {
+    /// OCI (runc) when a probe container runs on this machine, else the process runner.
+    Auto,
+    /// OCI containers through runc (isolated).
+    Oci,
+    /// Plain child processes: NO isolation.
+    Process,
+    /// Launches nothing; every task "exits 0" at once. For benchmarks only.
+    Null,
+}
+
+/// Lifecycle settings shared by `jetrun worker` and `jetrun dev`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LifecycleArgs {
+    /// Runner: auto (oci when a probe container runs, else process), oci, process, null.
+    #[arg(long, env = "JETRUN_RUNNER", value_enum, default_value = "auto")]
+    pub runner: RunnerKind,
+    /// This node's id (default: host name plus a hash of the data directory, so it is
+    /// stable across restarts and distinct between workers on one host).
+    #[arg(long, env = "JETRUN_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Jobs this worker runs at once.
+    #[arg(long, env = "JETRUN_MAX_CONCURRENT_JOBS", default_value_t = 4)]
+    pub max_concurrent_jobs: usize,
+    /// Jobs one tenant may run at once on this worker (default: no limit).
+    #[arg(long, env = "JETRUN_TENANT_MAX_RUNNING")]
+    pub tenant_max_running: Option<usize>,
+    /// Job starts per second per tenant on this worker (default: no limit).
+    #[arg(long, env = "JETRUN_TENANT_STARTS_PER_SECOND")]
+    pub tenant_starts_per_second: Option<f64>,
+    /// Lease TTL of running jobs: a worker silent this long is presumed dead.
+    #[arg(long, env = "JETRUN_LEASE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Duration,
+    /// How often leases are renewed.
+    #[arg(long, env = "JETRUN_LEASE_RENEW", default_value = "3s", value_parser = humantime::parse_duration)]
+    pub lease_renew: Duration,
+    /// Time between SIGTERM and SIGKILL when a task is stopped (timeout, cancel).
+    #[arg(long, env = "JETRUN_STOP_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub stop_grace: Duration,
+    /// Base of the retry backoff (exponential with jitter, capped at 5 min).
+    #[arg(long, env = "JETRUN_RETRY_BASE", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub retry_base: Duration,
+    /// How often settle sweeps active jobs (timeout backstop, leaseless jobs).
+    #[arg(long, env = "JETRUN_SWEEP_EVERY", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub sweep_every: Duration,
+    /// Secret keying HTTP completion callbacks (HMAC-SHA256); without it HTTP callbacks
+    /// are refused.
+    #[arg(long, env = "JETRUN_CALLBACK_SECRET", hide_env_values = true)]
+    pub callback_secret: Option<String>,
+    /// Do not run settle in this process (run it elsewhere).
+    #[arg(long)]
+    pub no_settle: bool,
+}
+
+/// Run dispatch, the node agent and settle for some queues.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Queues to serve (repeat or comma-separate).
+    #[arg(
+        long = "queue",
+        short,
+        env = "JETRUN_QUEUES",
+        value_delimiter = ',',
+        default_value = "default"
+    )]
+    pub queues: Vec<String>,
+    /// This worker's directory: task bundles, logs, images and runner state. A restart
+    /// with the same directory adopts the tasks left running.
+    #[arg(long, env = "JETRUN_DATA_DIR", default_value = ".jetrun/worker")]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub lifecycle: LifecycleArgs,
+}
+
+pub use super::supervise::Component;
+
+/// A stable id for this host and data directory.
+fn default_node_id(data_dir: &Path) -> String {
+    let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    // FNV-1a: stable across builds, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in dir.to_string_lossy().bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{}-{:08x}", jetrun_host::hostname(), h as u32)
+}
+
+/// Builds the runner `kind` over `data_dir`.
+pub async fn make_runner(kind: RunnerKind, data_dir: &Path) -> anyhow::Result<Arc<dyn Runner>> {
+    let oci = || {
+        jetrun_runner::oci::OciRunner::new(jetrun_runner::oci::OciConfig {
+            data_dir: data_dir.to_path_buf(),
+            ..Default::default()
+        })
+    };
+    let process = || -> anyhow::Result<Arc<dyn Runner>> {
+        warn!("using the PROCESS runner: tasks run as plain child processes with NO isolation");
+        Ok(Arc::new(jetrun_runner::process::ProcessRunner::new(data_dir)?))
+    };
+    Ok(match kind {
+        RunnerKind::Null => {
+            warn!("using the NULL runner: nothing is launched, every task exits 0 at once (benchmarks only)");
+            Arc::new(jetrun_runner::null::NullRunner::new())
+        }
+        RunnerKind::Process => process()?,
+        RunnerKind::Oci => {
+            let r = oci()?;
+            r.probe()
+                .await
+                .context("the OCI runner's probe container failed")?;
+            Arc::new(r)
+        }
+        RunnerKind::Auto => match oci() {
+            Ok(r) => match r.probe().await {
+                Ok(()) => {
+                    info!("OCI probe passed: tasks run in runc containers");
+                    Arc::new(r)
+                }
+                Err(e) => {
+                    warn!(error = %e, "OCI probe failed; falling back to the process runner");
+                    process()?
+                }
+            },
+            Err(e) => {
+                warn!(error = %e, "OCI runner unavailable; falling back to the process runner");
+                process()?
+            }
+        },
+    })
+}
+
+/// Starts the node agent, dispatch for each queue and settle; returns their tasks.
+pub async fn components(
+    ctx: &jetrun_host::Context,
+    l: &LifecycleArgs,
+    data_dir: &Path,
+    queues: &[String],
+    shutdown: CancellationToken,
+) -> anyhow::Result<Vec<Component>> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    let mut ctx = ctx.clone();
+    ctx.node_id = l.node_id.clone().unwrap_or_else(|| default_node_id(data_dir));
+    let runner = make_runner(l.runner, data_dir).await?;
+    let agent_cfg = jetrun_agent::Config {
+        lease_ttl: l.lease_ttl,
+        renew_every: l.lease_renew,
+        stop_grace: l.stop_grace,
+        ..Default::default()
+    };
+    let (agent, adoption, agent_task) =
+        jetrun_agent::Agent::start(ctx.clone(), runner, agent_cfg, shutdown.clone()).await?;
+    info!(node_id = %ctx.node_id, adopted = adoption.adopted, reaped = adoption.reaped, "node agent up");
+    let mut out: Vec<Component> = vec![("agent", tokio::spawn(async move { Ok(agent_task.await??) }))];
+    let dcfg = jetrun_dispatch::Config {
+        max_concurrent_jobs: l.max_concurrent_jobs,
+        tenant_max_running: l.tenant_max_running,
+        tenant_starts_per_second: l.tenant_starts_per_second,
+        launch_retry_base: l.retry_base,
+        ..Default::default()
+    };
+    let dispatcher = jetrun_dispatch::Dispatcher::new(ctx.clone(), agent, dcfg);
+    for q in queues {
+        jetrun_core::names::validate_token(q).map_err(|e| anyhow::anyhow!("queue {q:?}: {e}"))?;
+        dispatcher.ensure_consumer(q).await?;
+        let d = dispatcher.clone();
+        let q = q.clone();
+        let sd = shutdown.clone();
+        out.push(("dispatch", tokio::spawn(async move { Ok(d.run(q, sd).await?) })));
+    }
+    if !l.no_settle {
+        let scfg = jetrun_settle::Config {
+            backoff_base: l.retry_base,
+            sweep_every: l.sweep_every,
+            lease_grace: (l.lease_ttl * 3).max(Duration::from_secs(5)),
+            callback_secret: l.callback_secret.clone(),
+            ..Default::default()
+        };
+        let s = jetrun_settle::Settle::new(ctx.clone(), scfg);
+        s.ensure_consumers().await?;
+        let sd = shutdown.clone();
+        out.push(("settle", tokio::spawn(async move { Ok(s.run(sd).await?) })));
+    }
+    Ok(out)
+}
+
+/// Runs a worker until SIGTERM or Ctrl-C.
+pub async fn run(g: &GlobalOpts, a: Args) -> anyhow::Result<()> {
+    let shutdown = jetrun_host::shutdown_on_signals();
+    let ctx = g.context("jetrun-worker").await?;
+    let comps = components(&ctx, &a.lifecycle, &a.data_dir, &a.queues, shutdown.clone()).await?;
+    println!("ready worker queues={}", a.queues.join(","));
+    let _ = std::io::stdout().flush();
+    super::supervise::supervise(comps, shutdown).await
+}
+
+/// `jetrun jobs logs`: prints the tail of a job's logs, fetched from the node agent that
+/// runs (or ran) it; with `follow`, keeps polling until the job is terminal.
+pub async fn logs(ctx: &jetrun_host::Context, id: &str, tail: usize, follow: bool) -> anyhow::Result<()> {
+    let (rec, _) = ctx.store.get(id).await?.with_context(|| format!("no job {id}"))?;
+    let node = rec
+        .node_id
+        .clone()
+        .with_context(|| format!("job {id} is {} and has not been placed on a node", rec.status))?;
+    let timeout = Duration::from_secs(5);
+    let mut req = LogsRequest {
+        job_id: id.to_string(),
+        tail,
+        stdout_from: None,
+        stderr_from: None,
+    };
+    let first = jetrun_agent::request_logs(&ctx.client, &ctx.names, &node, &req, timeout)
+        .await
+        .with_context(|| format!("node {node} (which ran job {id}) did not serve its logs"))?;
+    if let Some(e) = &first.error {
+        anyhow::bail!("node {node}: {e}");
+    }
+    let print = |r: &jetrun_agent::protocol::LogsReply| -> anyhow::Result<()> {
+        let mut out = std::io::stdout().lock();
+        for l in &r.stdout {
+            writeln!(out, "{l}")?;
+        }
+        out.flush()?;
+        let mut err = std::io::stderr().lock();
+        for l in &r.stderr {
+            writeln!(err, "{l}")?;
+        }
+        Ok(())
+    };
+    print(&first)?;
+    if !follow {
+        return Ok(());
+    }
+    req.stdout_from = Some(first.stdout_offset);
+    req.stderr_from = Some(first.stderr_offset);
+    loop {
+        let done = match ctx.store.get(id).await? {
+            Some((r, _)) => r.status.is_terminal() || r.node_id.as_deref() != Some(node.as_str()),
+            None => true,
+        };
+        let r = jetrun_agent::request_logs(&ctx.client, &ctx.names, &node, &req, timeout).await?;
+        print(&r)?;
+        req.stdout_from = Some(r.stdout_offset);
+        req.stderr_from = Some(r.stderr_offset);
+        if done && r.stdout.is_empty() && r.stderr.is_empty() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -1,0 +1,499 @@
+//! # jetrun-host
+//!
+//! Where functions run. A function is a plain async [`Handler`] over an [`Incoming`]
+//! message; it never acks, never sets up tracing, never catches panics. The host does:
+//!
+//! - pull from a durable JetStream consumer with bounded concurrency (a continuous pull
+//!   with at most `concurrency` messages buffered; one is taken only when a slot is free);
+//! - one tracing span per message, with the CloudEvent id, type and trace id;
+//! - `Progress` acks while slow work runs, so the server does not redeliver it;
+//! - ack only after the handler returned `Ok` (its effect is durable by then);
+//! - `Nak(delay)` on [`HandlerError::Retry`];
+//! - a dead-letter entry and then `Term` on [`HandlerError::Permanent`] (if the dead
+//!   letter cannot be stored, the message is `Nak`ed instead: nothing is lost);
+//! - a caught panic is retried a few times, then dead-lettered;
+//! - on shutdown (SIGTERM, Ctrl-C) it stops fetching and drains in-flight work.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, Message, consumer::PullConsumer};
+use futures::{FutureExt, StreamExt};
+use jetrun_core::{Envelope, Names};
+use jetrun_nats::EventPublisher;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+pub use tokio_util::sync::CancellationToken as Shutdown;
+
+/// A message handed to a handler.
+#[derive(Debug)]
+pub struct Incoming {
+    /// The subject it was published on.
+    pub subject: String,
+    /// Its CloudEvent envelope, if the headers carry a valid one.
+    pub envelope: Result<Envelope, jetrun_core::EnvelopeError>,
+    /// The body.
+    pub payload: bytes::Bytes,
+    /// How many times it has been delivered (1 the first time).
+    pub delivered: u64,
+    /// Its stream sequence.
+    pub stream_seq: u64,
+    /// The raw JetStream message (headers, reply subject).
+    pub message: Message,
+}
+
+/// How a handler failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HandlerError {
+    /// Try again after `delay` (a transient failure, or a limit that will free up).
+    Retry {
+        /// Why.
+        reason: String,
+        /// How long to wait before redelivery.
+        delay: Duration,
+    },
+    /// Never going to work: dead-letter it with this reason.
+    Permanent {
+        /// A stable snake_case kind (`invalid_event`, `schema`, ...).
+        kind: String,
+        /// Why, for people.
+        reason: String,
+    },
+}
+
+impl HandlerError {
+    /// A retry after `delay`.
+    pub fn retry(reason: impl Into<String>, delay: Duration) -> Self {
+        Self::Retry {
+            reason: reason.into(),
+            delay,
+        }
+    }
+    /// A permanent failure.
+    pub fn permanent(kind: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Permanent {
+            kind: kind.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HandlerError::Retry { reason, delay } => write!(f, "retry in {delay:?}: {reason}"),
+            HandlerError::Permanent { kind, reason } => write!(f, "{kind}: {reason}"),
+        }
+    }
+}
+
+/// A boxed handler future.
+pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>;
+
+/// A function: an async handler over one message.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one message.
+    fn handle(&self, msg: Incoming) -> HandlerFuture;
+}
+
+impl<F, Fut> Handler for F
+where
+    F: Fn(Incoming) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), HandlerError>> + Send + 'static,
+{
+    fn handle(&self, msg: Incoming) -> HandlerFuture {
+        Box::pin(self(msg))
+    }
+}
+
+/// Host errors (setting up the consumer).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HostError {
+    /// The stream or consumer could not be reached.
+    #[error("consumer {consumer} on {stream}: {message}")]
+    Consumer {
+        /// Stream.
+        stream: String,
+        /// Consumer.
+        consumer: String,
+        /// Details.
+        message: String,
+    },
+}
+
+/// Configuration of a [`ConsumerHost`].
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// The function's name: the dead-letter origin and the span name.
+    pub origin: String,
+    /// Messages handled at once.
+    pub concurrency: usize,
+    /// How often to send `Progress` while a handler runs (keep under the ack wait).
+    pub progress_every: Duration,
+    /// A handler running longer than this is abandoned and its message retried.
+    pub handler_timeout: Duration,
+    /// Deliveries after which a panicking message is dead-lettered.
+    pub max_panics: u64,
+    /// How long to wait for in-flight work at shutdown.
+    pub drain_timeout: Duration,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            origin: "function".into(),
+            concurrency: 64,
+            progress_every: Duration::from_secs(10),
+            handler_timeout: Duration::from_secs(300),
+            max_panics: 3,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Runs a handler over a durable pull consumer.
+pub struct ConsumerHost {
+    consumer: PullConsumer,
+    publisher: EventPublisher,
+    names: Names,
+    config: HostConfig,
+}
+
+impl ConsumerHost {
+    /// A host over the existing durable `consumer` of `stream`.
+    pub async fn bind(
+        js: &jetstream::Context,
+        names: &Names,
+        stream: &str,
+        consumer: &str,
+        config: HostConfig,
+    ) -> Result<Self, HostError> {
+        let err = |m: String| HostError::Consumer {
+            stream: stream.into(),
+            consumer: consumer.into(),
+            message: m,
+        };
+        let s = js.get_stream(stream).await.map_err(|e| err(e.to_string()))?;
+        let c: PullConsumer = s.get_consumer(consumer).await.map_err(|e| err(e.to_string()))?;
+        Ok(Self {
+            consumer: c,
+            publisher: EventPublisher::new(js.clone(), format!("/jetrun/{}", config.origin)),
+            names: names.clone(),
+            config,
+        })
+    }
+
+    /// Runs until `shutdown` is cancelled, then drains in-flight work.
+    pub async fn run<H: Handler>(self, handler: H, shutdown: CancellationToken) -> Result<(), HostError> {
+        let handler = Arc::new(handler);
+        let slots = Arc::new(Semaphore::new(self.config.concurrency.max(1)));
+        let this = Arc::new(self);
+        info!(origin = %this.config.origin, concurrency = this.config.concurrency, "consumer host started");
+        let mut backoff = Duration::from_millis(100);
+        // A continuous pull (the client re-pulls as the buffer drains) with at most
+        // `concurrency` messages buffered; a message is taken from the buffer only once a
+        // slot is free, so at most 2 × concurrency are held by this process at a time.
+        'outer: while !shutdown.is_cancelled() {
+            let stream = this
+                .consumer
+                .stream()
+                .max_messages_per_batch(this.config.concurrency.max(1))
+                .heartbeat(Duration::from_secs(5))
+                .expires(Duration::from_secs(30))
+                .messages()
+                .await;
+            let mut messages = match stream {
+                Ok(m) => m,
+                Err(e) => {
+                    warn!(error = %e, "cannot pull from the consumer; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {},
+                        _ = shutdown.cancelled() => break,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            loop {
+                let permit = tokio::select! {
+                    p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break 'outer },
+                    _ = shutdown.cancelled() => break 'outer,
+                };
+                let next = tokio::select! {
+                    m = messages.next() => m,
+                    _ = shutdown.cancelled() => break 'outer,
+                };
+                let msg = match next {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        // Missed heartbeats, a server restart: start a fresh pull.
+                        warn!(error = %e, "pull interrupted; re-subscribing");
+                        break;
+                    }
+                    None => break,
+                };
+                let this = this.clone();
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    this.process(handler.as_ref(), msg).await;
+                    drop(permit);
+                });
+            }
+        }
+        // Drain: every slot back means every handler finished.
+        info!(origin = %this.config.origin, "draining in-flight work");
+        let all = this.config.concurrency.max(1) as u32;
+        if tokio::time::timeout(this.config.drain_timeout, slots.acquire_many(all))
+            .await
+            .is_err()
+        {
+            warn!(origin = %this.config.origin, "drain timed out; unfinished messages will be redelivered");
+        }
+        info!(origin = %this.config.origin, "consumer host stopped");
+        Ok(())
+    }
+
+    async fn process<H: Handler>(&self, handler: &H, msg: Message) {
+        let (delivered, stream_seq) = msg
+            .info()
+            .map(|i| (i.delivered as u64, i.stream_sequence))
+            .unwrap_or((1, 0));
+        let envelope = msg
+            .headers
+            .as_ref()
+            .ok_or(jetrun_core::EnvelopeError {
+                kind: jetrun_core::EnvelopeErrorKind::Missing,
+                header: jetrun_core::envelope::H_ID,
+            })
+            .and_then(jetrun_nats::events::from_header_map);
+        let (ce_id, ce_type, trace_id, traceparent) = match &envelope {
+            Ok(e) => (
+                e.id.clone(),
+                e.ty.clone(),
+                e.trace_id().unwrap_or_default().to_string(),
+                e.traceparent.clone(),
+            ),
+            Err(_) => (String::new(), String::new(), String::new(), None),
+        };
+        let span = info_span!(
+            "message",
+            origin = %self.config.origin,
+            subject = %msg.subject,
+            seq = stream_seq,
+            delivered,
+            ce_id = %ce_id,
+            ce_type = %ce_type,
+            trace_id = %trace_id,
+        );
+        // With OpenTelemetry on, this span continues the producer's trace.
+        jetrun_telemetry::link_parent(&span, traceparent.as_deref());
+        async {
+            let incoming = Incoming {
+                subject: msg.subject.to_string(),
+                envelope,
+                payload: msg.payload.clone(),
+                delivered,
+                stream_seq,
+                message: msg.clone(),
+            };
+            let work = AssertUnwindSafe(handler.handle(incoming)).catch_unwind();
+            let work = tokio::time::timeout(self.config.handler_timeout, work);
+            tokio::pin!(work);
+            let mut progress = tokio::time::interval(self.config.progress_every);
+            progress.tick().await;
+            let outcome = loop {
+                tokio::select! {
+                    r = &mut work => break r,
+                    _ = progress.tick() => {
+                        if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                            debug!(error = %e, "progress ack failed");
+                        }
+                    }
+                }
+            };
+            match outcome {
+                Ok(Ok(Ok(()))) => {
+                    if let Err(e) = msg.ack().await {
+                        warn!(error = %e, "ack failed; the message will be redelivered");
+                    }
+                }
+                Ok(Ok(Err(HandlerError::Retry { reason, delay }))) => {
+                    debug!(%reason, ?delay, "retry");
+                    let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+                }
+                Ok(Ok(Err(HandlerError::Permanent { kind, reason }))) => {
+                    warn!(%kind, %reason, "permanent failure; dead-lettering");
+                    self.dead_letter(&msg, &kind, &reason).await;
+                }
+                Ok(Err(panic)) => {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "panic".into());
+                    error!(panic = %what, delivered, "handler panicked");
+                    if delivered >= self.config.max_panics {
+                        self.dead_letter(
+                            &msg,
+                            "panic",
+                            &format!("handler panicked {delivered} times: {what}"),
+                        )
+                        .await;
+                    } else {
+                        let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                    }
+                }
+                Err(_) => {
+                    warn!(timeout = ?self.config.handler_timeout, "handler timed out; retrying");
+                    let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn dead_letter(&self, msg: &Message, kind: &str, reason: &str) {
+        let entry = jetrun_nats::dlq::entry_for(&self.config.origin, kind, reason, msg, None);
+        match jetrun_nats::dlq::publish(&self.publisher, &self.names, &entry).await {
+            Ok(_) => {
+                if let Err(e) = msg.ack_with(AckKind::Term).await {
+                    warn!(error = %e, "term failed after dead-lettering");
+                }
+            }
+            Err(e) => {
+                // Not stored in the DLQ: keep the message rather than lose it.
+                error!(error = %e, "dead letter not stored; retrying the message later");
+                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await;
+            }
+        }
+    }
+}
+
+/// A token cancelled on SIGTERM or Ctrl-C (SIGINT).
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
+                    let _ = ctrl_c.await;
+                    t.cancel();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = ctrl_c => info!("interrupt received; shutting down"),
+                _ = term.recv() => info!("SIGTERM received; shutting down"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = ctrl_c.await;
+        }
+        t.cancel();
+    });
+    token
+}
+
+/// What every function gets: connected clients and the deployment's names. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// The NATS client.
+    pub client: async_nats::Client,
+    /// JetStream over it.
+    pub js: jetstream::Context,
+    /// Subject, stream and bucket names.
+    pub names: Names,
+    /// The job store.
+    pub store: jetrun_nats::JobStore,
+    /// This process's worker id: `host:pid:start-time`.
+    pub worker_id: String,
+    /// This node's id (the host name unless configured).
+    pub node_id: String,
+}
+
+/// Setting up a [`Context`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ContextError {
+    /// NATS could not be reached.
+    #[error("cannot connect to NATS at {url}: {message}")]
+    Connect {
+        /// Where.
+        url: String,
+        /// Why.
+        message: String,
+    },
+    /// The buckets are missing: run `jetrun init`.
+    #[error("job store unavailable ({0}); has `jetrun init` run against this server?")]
+    Store(jetrun_nats::StoreError),
+}
+
+impl Context {
+    /// Connects to `url` and opens the store of deployment `names`.
+    pub async fn connect(url: &str, names: Names, client_name: &str) -> Result<Self, ContextError> {
+        let client = jetrun_nats::connect(url, client_name, Duration::from_secs(10))
+            .await
+            .map_err(|e| ContextError::Connect {
+                url: url.to_string(),
+                message: e.to_string(),
+            })?;
+        Self::from_client(client, names).await
+    }
+
+    /// Wraps an existing client.
+    pub async fn from_client(client: async_nats::Client, names: Names) -> Result<Self, ContextError> {
+        let js = jetstream::new(client.clone());
+        let host = hostname();
+        let store = jetrun_nats::JobStore::open(&js, &names, &format!("/jetrun/{host}"))
+            .await
+            .map_err(ContextError::Store)?;
+        Ok(Self {
+            client,
+            js,
+            names,
+            store,
+            worker_id: format!(
+                "{host}:{}:{}",
+                std::process::id(),
+                jetrun_core::now().timestamp_millis()
+            ),
+            node_id: std::env::var("JETRUN_NODE_ID").unwrap_or(host),
+        })
+    }
+
+    /// An event publisher with `ce-source: /jetrun/<component>`.
+    pub fn publisher(&self, component: &str) -> EventPublisher {
+        EventPublisher::new(self.js.clone(), format!("/jetrun/{component}"))
+    }
+}
+
+/// This machine's host name (from `/etc/hostname` or `$HOSTNAME`), or `localhost`.
+pub fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            h.replace(
+                |c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+                "-",
+            )
+        })
+        .unwrap_or_else(|| "localhost".to_string())
+}

@@ -1,0 +1,603 @@
+//! The job store over JetStream KV.
+//!
+//! - **Admit**: `create` (create-if-absent) of the record under its id; a duplicate finds
+//!   the existing job and reports it.
+//! - **Transitions**: the core state machine decides; the store writes with the record's
+//!   revision as the expected last sequence (compare-and-set). A lost race is a normal,
+//!   typed outcome ([`StoreErrorKind::Conflict`]), and [`JobStore::transition`] re-reads
+//!   and re-applies until the transition either lands or becomes illegal.
+//! - **Index**: `<queue>.active.<job_id>` while a job is not terminal, then
+//!   `<queue>.<terminal status>.<job_id>`. Listing reads subjects of the index bucket's
+//!   stream by filter, so it touches the active jobs of one queue (or the terminal jobs of
+//!   one status), never every job ever run. The record stays authoritative: a stale index
+//!   entry (a crash between the record write and the index write) is repaired when seen.
+//! - **Events**: every committed transition is published on
+//!   `<prefix>.job.event.<queue>.<job_id>` with `Nats-Msg-Id = <job_id>.<revision>`.
+//! - **Leases**: one key per running job in a bucket with per-key TTL and limit markers.
+//!   A renewed lease keeps the key alive; a dead worker's lease expires and the server
+//!   writes a marker, which [`JobStore::lease_expiries`] delivers as an event.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, kv, stream};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use jetrun_core::job::{Transition, TransitionError};
+use jetrun_core::schema::types;
+use jetrun_core::{JobRecord, JobStatus, Names};
+use serde::{Deserialize, Serialize};
+
+use crate::events::EventPublisher;
+
+/// What went wrong in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreErrorKind {
+    /// No such job.
+    NotFound,
+    /// Another writer changed the record first (expected revision did not match).
+    Conflict,
+    /// The state machine refused the transition.
+    Transition(jetrun_core::job::TransitionErrorKind),
+    /// A stored record could not be decoded.
+    Corrupt,
+    /// An id or key is not valid.
+    InvalidKey,
+    /// JetStream is unavailable or timed out: retry later.
+    Unavailable,
+}
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[error("job store: {kind:?}: {message}")]
+pub struct StoreError {
+    /// What kind of failure.
+    pub kind: StoreErrorKind,
+    /// Details.
+    pub message: String,
+    /// The refused transition, for [`StoreErrorKind::Transition`].
+    pub transition: Option<TransitionError>,
+}
+
+impl StoreError {
+    fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            transition: None,
+        }
+    }
+    fn unavailable(e: impl std::fmt::Display) -> Self {
+        Self::new(StoreErrorKind::Unavailable, e.to_string())
+    }
+    /// Whether retrying later may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self.kind, StoreErrorKind::Unavailable | StoreErrorKind::Conflict)
+    }
+}
+
+impl From<TransitionError> for StoreError {
+    fn from(e: TransitionError) -> Self {
+        Self {
+            kind: StoreErrorKind::Transition(e.kind),
+            message: e.to_string(),
+            transition: Some(e),
+        }
+    }
+}
+
+/// The result of admitting a job.
+#[derive(Debug, Clone)]
+pub enum Admission {
+    /// A new job was stored at this revision.
+    New(JobRecord, u64),
+    /// A job with this id already existed: the submission was a duplicate.
+    Existing(JobRecord, u64),
+}
+
+impl Admission {
+    /// The record, new or existing.
+    pub fn record(&self) -> &JobRecord {
+        match self {
+            Admission::New(r, _) | Admission::Existing(r, _) => r,
+        }
+    }
+    /// Its revision.
+    pub fn revision(&self) -> u64 {
+        match self {
+            Admission::New(_, r) | Admission::Existing(_, r) => *r,
+        }
+    }
+}
+
+/// The body of a `dev.jetrun.job.state_changed.v1` event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StateChange {
+    /// The job.
+    pub job_id: String,
+    /// Its queue.
+    pub queue: String,
+    /// The status before (absent on admission).
+    pub from: Option<JobStatus>,
+    /// The status after.
+    pub to: JobStatus,
+    /// The attempt.
+    pub attempt: u32,
+    /// Exit code, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The error, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<jetrun_core::JobError>,
+    /// When.
+    pub at: jetrun_core::Timestamp,
+    /// The full record after the change.
+    pub record: JobRecord,
+}
+
+/// A lease on a job held by a worker (its agent), stored in the leases bucket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The job.
+    pub job_id: String,
+    /// The attempt the lease covers.
+    pub attempt: u32,
+    /// The worker holding it.
+    pub worker_id: String,
+    /// The node whose agent renews it.
+    pub node_id: String,
+}
+
+/// The job store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct JobStore {
+    names: Names,
+    jobs: kv::Store,
+    index: kv::Store,
+    index_stream: stream::Stream,
+    leases: kv::Store,
+    events: EventPublisher,
+    publish_events: bool,
+}
+
+fn index_key(rec: &JobRecord) -> String {
+    let bucket = if rec.status.is_terminal() {
+        rec.status.as_str()
+    } else {
+        "active"
+    };
+    format!("{}.{}.{}", rec.queue, bucket, rec.id)
+}
+
+fn encode(rec: &JobRecord) -> Result<Bytes, StoreError> {
+    serde_json::to_vec(rec)
+        .map(Bytes::from)
+        .map_err(|e| StoreError::new(StoreErrorKind::Corrupt, e.to_string()))
+}
+
+fn decode(id: &str, b: &[u8]) -> Result<JobRecord, StoreError> {
+    serde_json::from_slice(b).map_err(|e| StoreError::new(StoreErrorKind::Corrupt, format!("job {id}: {e}")))
+}
+
+impl JobStore {
+    /// Opens the store's buckets (created by `jetrun init`).
+    pub async fn open(js: &jetstream::Context, names: &Names, source: &str) -> Result<Self, StoreError> {
+        let jobs = js
+            .get_key_value(names.bucket_jobs())
+            .await
+            .map_err(StoreError::unavailable)?;
+        let index = js
+            .get_key_value(names.bucket_index())
+            .await
+            .map_err(StoreError::unavailable)?;
+        let index_stream = js
+            .get_stream(format!("KV_{}", names.bucket_index()))
+            .await
+            .map_err(StoreError::unavailable)?;
+        let leases = js
+            .get_key_value(names.bucket_leases())
+            .await
+            .map_err(StoreError::unavailable)?;
+        Ok(Self {
+            names: names.clone(),
+            jobs,
+            index,
+            index_stream,
+            leases,
+            events: EventPublisher::new(js.clone(), source),
+            publish_events: true,
+        })
+    }
+
+    /// Turns state-change events off (for benchmarks that measure the store alone).
+    pub fn without_events(mut self) -> Self {
+        self.publish_events = false;
+        self
+    }
+
+    /// The names this store uses.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// Admits a job: stores it if no job has its id, else reports the existing one.
+    pub async fn admit(&self, rec: JobRecord) -> Result<Admission, StoreError> {
+        if !jetrun_core::job::valid_job_id(&rec.id) {
+            return Err(StoreError::new(
+                StoreErrorKind::InvalidKey,
+                format!("invalid job id {:?}", rec.id),
+            ));
+        }
+        match self.jobs.create(&rec.id, encode(&rec)?).await {
+            Ok(rev) => {
+                self.after_commit(None, &rec, rev).await?;
+                Ok(Admission::New(rec, rev))
+            }
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let (existing, rev) = self.get(&rec.id).await?.ok_or_else(|| {
+                    StoreError::new(StoreErrorKind::Conflict, "job vanished during admission")
+                })?;
+                Ok(Admission::Existing(existing, rev))
+            }
+            Err(e) => Err(StoreError::unavailable(e)),
+        }
+    }
+
+    /// The record and its revision, if the job exists.
+    pub async fn get(&self, id: &str) -> Result<Option<(JobRecord, u64)>, StoreError> {
+        if !jetrun_core::job::valid_job_id(id) {
+            return Err(StoreError::new(
+                StoreErrorKind::InvalidKey,
+                format!("invalid job id {id:?}"),
+            ));
+        }
+        match self.jobs.entry(id).await.map_err(StoreError::unavailable)? {
+            Some(e) if e.operation == kv::Operation::Put => Ok(Some((decode(id, &e.value)?, e.revision))),
+            _ => Ok(None),
+        }
+    }
+
+    /// Applies `t` to the record at `revision` with one compare-and-set. Fails with
+    /// [`StoreErrorKind::Conflict`] if another writer got there first.
+    pub async fn transition_at(
+        &self,
+        current: &JobRecord,
+        revision: u64,
+        t: &Transition,
+    ) -> Result<(JobRecord, u64), StoreError> {
+        let next = current.apply(t, jetrun_core::now())?;
+        match self.jobs.update(&current.id, encode(&next)?, revision).await {
+            Ok(rev) => {
+                self.after_commit(Some(current), &next, rev).await?;
+                Ok((next, rev))
+            }
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(StoreError::new(
+                StoreErrorKind::Conflict,
+                format!("job {} changed since revision {revision}", current.id),
+            )),
+            Err(e) => Err(StoreError::unavailable(e)),
+        }
+    }
+
+    /// Applies `t` to the current record, re-reading and re-applying after lost races
+    /// until it lands or the state machine refuses it.
+    pub async fn transition(&self, id: &str, t: &Transition) -> Result<(JobRecord, u64), StoreError> {
+        loop {
+            let (rec, rev) = self
+                .get(id)
+                .await?
+                .ok_or_else(|| StoreError::new(StoreErrorKind::NotFound, format!("no job {id}")))?;
+            match self.transition_at(&rec, rev, t).await {
+                Err(e) if e.kind == StoreErrorKind::Conflict => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Index and event after a committed write. The record is already durable; if this
+    /// fails the index is repaired on read and watchers can re-read the record.
+    async fn after_commit(
+        &self,
+        before: Option<&JobRecord>,
+        after: &JobRecord,
+        rev: u64,
+    ) -> Result<(), StoreError> {
+        let new_key = index_key(after);
+        let old_key = before.map(index_key).filter(|k| *k != new_key);
+        let index_put = async {
+            if old_key.is_some() || before.is_none() {
+                self.index
+                    .put(&new_key, Bytes::new())
+                    .await
+                    .map_err(StoreError::unavailable)?;
+            }
+            Ok::<_, StoreError>(())
+        };
+        let index_del = async {
+            if let Some(k) = &old_key {
+                self.purge_index_key(k).await?;
+            }
+            Ok::<_, StoreError>(())
+        };
+        let event = async {
+            if self.publish_events {
+                let change = StateChange {
+                    job_id: after.id.clone(),
+                    queue: after.queue.clone(),
+                    from: before.map(|b| b.status),
+                    to: after.status,
+                    attempt: after.attempt,
+                    exit_code: after.exit_code,
+                    error: after.error.clone(),
+                    at: after.updated_at,
+                    record: after.clone(),
+                };
+                let env = self
+                    .events
+                    .envelope(types::JOB_STATE_CHANGED)
+                    .with_id(format!("{}.{rev}", after.id))
+                    .with_subject(after.id.clone())
+                    .with_trace(after.traceparent.clone(), None);
+                let body = serde_json::to_vec(&change)
+                    .map_err(|e| StoreError::new(StoreErrorKind::Corrupt, e.to_string()))?;
+                let ack = self
+                    .events
+                    .send_raw(
+                        self.names.job_event(&after.queue, &after.id),
+                        &env,
+                        Bytes::from(body),
+                    )
+                    .await
+                    .map_err(StoreError::unavailable)?;
+                // The record is already committed and authoritative; the event is a
+                // notification. Its ack is awaited off the caller's path (a failure is
+                // logged: watchers that must not miss a change read the KV bucket).
+                let job_id = after.id.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = ack.await {
+                        tracing::warn!(job_id = %job_id, error = %e, "state-change event not acknowledged");
+                    }
+                });
+            }
+            Ok::<_, StoreError>(())
+        };
+        let (a, b, c) = tokio::join!(index_put, index_del, event);
+        a.and(b).and(c)
+    }
+
+    async fn purge_index_key(&self, key: &str) -> Result<(), StoreError> {
+        // A subject purge leaves no delete marker, so the index stream's subject count
+        // is exactly the number of live entries.
+        self.index_stream
+            .purge()
+            .filter(format!("$KV.{}.{key}", self.names.bucket_index()))
+            .await
+            .map(|_| ())
+            .map_err(StoreError::unavailable)
+    }
+
+    async fn index_ids(&self, queue: &str, group: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = format!("$KV.{}.{queue}.{group}.", self.names.bucket_index());
+        let mut subjects = self
+            .index_stream
+            .info_with_subjects(format!("{prefix}*"))
+            .await
+            .map_err(StoreError::unavailable)?;
+        let mut ids = Vec::new();
+        while let Some(s) = subjects.next().await {
+            let (subject, _) = s.map_err(StoreError::unavailable)?;
+            if let Some(id) = subject.strip_prefix(&prefix) {
+                ids.push(id.to_string());
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Queues that have jobs in the index.
+    pub async fn queues(&self) -> Result<Vec<String>, StoreError> {
+        let prefix = format!("$KV.{}.", self.names.bucket_index());
+        let mut subjects = self
+            .index_stream
+            .info_with_subjects(format!("{prefix}>"))
+            .await
+            .map_err(StoreError::unavailable)?;
+        let mut queues = std::collections::BTreeSet::new();
+        while let Some(s) = subjects.next().await {
+            let (subject, _) = s.map_err(StoreError::unavailable)?;
+            if let Some(q) = subject.strip_prefix(&prefix).and_then(|r| r.split('.').next()) {
+                queues.insert(q.to_string());
+            }
+        }
+        Ok(queues.into_iter().collect())
+    }
+
+    /// Jobs of `queue` with `status`, newest first, at most `limit`. Reads only the
+    /// queue's active jobs (for non-terminal statuses) or that terminal status's entries.
+    pub async fn list(
+        &self,
+        queue: &str,
+        status: Option<JobStatus>,
+        limit: usize,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        let groups: Vec<&str> = match status {
+            Some(s) if s.is_terminal() => vec![s.as_str()],
+            Some(_) => vec!["active"],
+            None => {
+                let mut g = vec!["active"];
+                g.extend(
+                    JobStatus::ALL
+                        .iter()
+                        .filter(|s| s.is_terminal())
+                        .map(|s| s.as_str()),
+                );
+                g
+            }
+        };
+        let mut out = Vec::new();
+        for group in groups {
+            let mut ids = self.index_ids(queue, group).await?;
+            // uuid v7 ids sort by creation time; newest first.
+            ids.sort_unstable_by(|a, b| b.cmp(a));
+            let reads = futures::stream::iter(ids)
+                .map(|id| async move { (id.clone(), self.get(&id).await) })
+                .buffered(32);
+            futures::pin_mut!(reads);
+            while let Some((id, r)) = reads.next().await {
+                match r? {
+                    Some((rec, _)) => {
+                        let fresh = index_key(&rec);
+                        let stale = format!("{queue}.{group}.{id}");
+                        if fresh != stale {
+                            // Repair: the record moved on after a crash before the index write.
+                            self.index
+                                .put(&fresh, Bytes::new())
+                                .await
+                                .map_err(StoreError::unavailable)?;
+                            self.purge_index_key(&stale).await?;
+                        }
+                        if status.is_none_or(|s| s == rec.status) && rec.queue == queue {
+                            out.push(rec);
+                        }
+                    }
+                    None => self.purge_index_key(&format!("{queue}.{group}.{id}")).await?,
+                }
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    /// Number of index entries per group (`active` and each terminal status) of `queue`,
+    /// from stream metadata alone.
+    pub async fn counts(&self, queue: &str) -> Result<std::collections::BTreeMap<String, usize>, StoreError> {
+        let prefix = format!("$KV.{}.{queue}.", self.names.bucket_index());
+        let mut subjects = self
+            .index_stream
+            .info_with_subjects(format!("{prefix}>"))
+            .await
+            .map_err(StoreError::unavailable)?;
+        let mut counts = std::collections::BTreeMap::new();
+        while let Some(s) = subjects.next().await {
+            let (subject, _) = s.map_err(StoreError::unavailable)?;
+            if let Some(group) = subject.strip_prefix(&prefix).and_then(|r| r.split('.').next()) {
+                *counts.entry(group.to_string()).or_insert(0) += 1;
+            }
+        }
+        Ok(counts)
+    }
+
+    // ---- leases ----
+
+    /// Takes the lease of `lease.job_id` for `ttl` (whole seconds, at least 1).
+    /// Fails with `Conflict` if someone else holds it.
+    pub async fn acquire_lease(&self, lease: &Lease, ttl: Duration) -> Result<u64, StoreError> {
+        // Not `kv::Store::create_with_ttl`: over a delete or expiry marker (a released or
+        // expired lease of an earlier attempt) it falls back to a write without TTL, and
+        // such a lease would never expire. Every write here carries the TTL.
+        match self.write_lease(lease, 0, ttl).await {
+            Err(e) if e.kind == StoreErrorKind::Conflict => {}
+            other => return other,
+        }
+        match self
+            .leases
+            .entry(&lease.job_id)
+            .await
+            .map_err(StoreError::unavailable)?
+        {
+            Some(e) if e.operation != kv::Operation::Put => self.write_lease(lease, e.revision, ttl).await,
+            Some(_) => Err(StoreError::new(
+                StoreErrorKind::Conflict,
+                format!("lease of {} is held", lease.job_id),
+            )),
+            // Expired between the two calls: take it from scratch.
+            None => self.write_lease(lease, 0, ttl).await,
+        }
+    }
+
+    /// Renews a held lease (compare-and-set on its revision), restarting its TTL.
+    pub async fn renew_lease(&self, lease: &Lease, revision: u64, ttl: Duration) -> Result<u64, StoreError> {
+        self.write_lease(lease, revision, ttl).await
+    }
+
+    /// Writes a lease with a per-message TTL, expecting `revision` as the key's last
+    /// sequence (0: the key has no message).
+    async fn write_lease(&self, lease: &Lease, revision: u64, ttl: Duration) -> Result<u64, StoreError> {
+        let body =
+            serde_json::to_vec(lease).map_err(|e| StoreError::new(StoreErrorKind::Corrupt, e.to_string()))?;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            revision.to_string().as_str(),
+        );
+        headers.insert(
+            async_nats::header::NATS_MESSAGE_TTL,
+            format!("{}s", ttl_secs(ttl).as_secs()).as_str(),
+        );
+        let subject = format!("$KV.{}.{}", self.names.bucket_leases(), lease.job_id);
+        let ack = self
+            .events
+            .jetstream()
+            .publish_with_headers(subject, headers, body.into())
+            .await
+            .map_err(StoreError::unavailable)?;
+        match ack.await {
+            Ok(a) => Ok(a.sequence),
+            Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
+                Err(StoreError::new(
+                    StoreErrorKind::Conflict,
+                    format!("lease of {} is held or changed", lease.job_id),
+                ))
+            }
+            Err(e) => Err(StoreError::unavailable(e)),
+        }
+    }
+
+    /// The current lease of a job, with its revision.
+    pub async fn lease(&self, job_id: &str) -> Result<Option<(Lease, u64)>, StoreError> {
+        match self.leases.entry(job_id).await.map_err(StoreError::unavailable)? {
+            Some(e) if e.operation == kv::Operation::Put => {
+                let l = serde_json::from_slice(&e.value)
+                    .map_err(|e| StoreError::new(StoreErrorKind::Corrupt, e.to_string()))?;
+                Ok(Some((l, e.revision)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Releases a lease (the task ended normally). Not an expiry.
+    pub async fn release_lease(&self, job_id: &str) -> Result<(), StoreError> {
+        self.leases.delete(job_id).await.map_err(StoreError::unavailable)
+    }
+
+    /// Every lease expiry from now on, as the job id whose lease ran out. Releases
+    /// (deletes) are not expiries and are not reported.
+    pub async fn lease_expiries(&self) -> Result<impl Stream<Item = String> + Send + 'static, StoreError> {
+        let watch = self.leases.watch_all().await.map_err(StoreError::unavailable)?;
+        Ok(watch.filter_map(|e| async move {
+            match e {
+                Ok(e) if e.operation == kv::Operation::Purge => Some(e.key),
+                _ => None,
+            }
+        }))
+    }
+
+    /// Every lease key currently held (for reconciling after missed events).
+    pub async fn lease_keys(&self) -> Result<Vec<String>, StoreError> {
+        let keys = self.leases.keys().await.map_err(StoreError::unavailable)?;
+        Ok(keys
+            .filter_map(|k| async move { k.ok() })
+            .collect::<Vec<_>>()
+            .await)
+    }
+}
+
+fn ttl_secs(ttl: Duration) -> Duration {
+    Duration::from_secs(ttl.as_secs().max(1))
+}

@@ -1,0 +1,375 @@
+//! `jetrun init`: create or upgrade every stream, consumer and bucket.
+//!
+//! Idempotent: running it twice changes nothing; a setting that differs from the desired
+//! one is applied (and reported), not ignored. Names come from [`jetrun_core::Names`], so
+//! several deployments can share one server.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self, consumer, kv,
+    stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
+};
+use jetrun_core::Names;
+
+/// Days, as a duration.
+const fn days(n: u64) -> Duration {
+    Duration::from_secs(n * 24 * 3600)
+}
+
+/// What `init` did to one resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Change {
+    /// It did not exist and was created.
+    Created,
+    /// It existed with other settings, which were updated.
+    Updated,
+    /// It existed as desired.
+    Unchanged,
+}
+
+/// One line of an `init` report.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Applied {
+    /// `stream`, `bucket` or `consumer`.
+    pub kind: &'static str,
+    /// Its name.
+    pub name: String,
+    /// What happened.
+    pub change: Change,
+}
+
+/// `init` failed on one resource.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind} {name}: {message}")]
+pub struct TopologyError {
+    /// `stream`, `bucket` or `consumer`.
+    pub kind: &'static str,
+    /// Its name.
+    pub name: String,
+    /// The server's or client's explanation.
+    pub message: String,
+}
+
+/// The desired JetStream topology of one deployment.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// Names (from the prefix).
+    pub names: Names,
+    /// Replicas of every stream and bucket (1 for dev, 3 in production).
+    pub replicas: usize,
+    /// Queues that get their dispatch consumer now (others get one when a dispatcher
+    /// for them starts).
+    pub queues: Vec<String>,
+    /// File or memory storage.
+    pub storage: StorageType,
+}
+
+impl Topology {
+    /// The default topology for `names`: R1, file storage, the `default` queue.
+    pub fn new(names: Names) -> Self {
+        Self {
+            names,
+            replicas: 1,
+            queues: vec!["default".into()],
+            storage: StorageType::File,
+        }
+    }
+
+    /// The desired stream configurations.
+    pub fn streams(&self) -> Vec<stream::Config> {
+        let n = &self.names;
+        let base =
+            |name: String, subjects: Vec<String>, max_age: Duration, description: &str| stream::Config {
+                name,
+                description: Some(description.to_string()),
+                subjects,
+                max_age,
+                storage: self.storage,
+                num_replicas: self.replicas,
+                duplicate_window: Duration::from_secs(120),
+                // Direct gets let `dlq list` and watchers read without creating consumers.
+                allow_direct: true,
+                ..Default::default()
+            };
+        vec![
+            base(
+                n.stream_webhooks(),
+                vec![n.webhook_all()],
+                days(7),
+                "raw webhook deliveries: audit and replay",
+            ),
+            stream::Config {
+                retention: RetentionPolicy::WorkQueue,
+                ..base(
+                    n.stream_jobs(),
+                    vec![n.job_submit_all()],
+                    days(14),
+                    "job submissions: one work-queue consumer per queue",
+                )
+            },
+            base(
+                n.stream_tasks(),
+                vec![n.task_all()],
+                days(7),
+                "task lifecycle events from runners",
+            ),
+            base(
+                n.stream_job_events(),
+                vec![n.job_event_all()],
+                days(7),
+                "job state changes, for watchers and callbacks",
+            ),
+            base(
+                n.stream_scale(),
+                vec![n.scale_all()],
+                days(7),
+                "scale requests and signals",
+            ),
+            stream::Config {
+                discard: DiscardPolicy::Old,
+                ..base(
+                    n.stream_dlq(),
+                    vec![n.dlq_all()],
+                    days(30),
+                    "dead letters, with reasons; replayable",
+                )
+            },
+        ]
+    }
+
+    /// The desired bucket configurations.
+    pub fn buckets(&self) -> Vec<kv::Config> {
+        let n = &self.names;
+        let base = |bucket: String, description: &str| kv::Config {
+            bucket,
+            description: description.to_string(),
+            history: 1,
+            storage: self.storage,
+            num_replicas: self.replicas,
+            ..Default::default()
+        };
+        vec![
+            kv::Config {
+                max_age: days(30),
+                ..base(
+                    n.bucket_jobs(),
+                    "job records; every transition is a compare-and-set",
+                )
+            },
+            base(
+                n.bucket_index(),
+                "job index: <queue>.<status>.<job_id>, for listing without scanning",
+            ),
+            kv::Config {
+                // Per-key TTL; an expired key leaves a marker, so expiry is an event.
+                limit_markers: Some(Duration::from_secs(300)),
+                ..base(
+                    n.bucket_leases(),
+                    "leases of running jobs; expiry means the worker died",
+                )
+            },
+            kv::Config {
+                max_age: Duration::from_secs(72 * 3600),
+                ..base(n.bucket_dedupe(), "idempotency keys (72 h)")
+            },
+            kv::Config {
+                history: 5,
+                ..base(
+                    n.bucket_scale(),
+                    "scale specs and state; the desired state is authoritative",
+                )
+            },
+            kv::Config {
+                limit_markers: Some(Duration::from_secs(60)),
+                ..base(n.bucket_nodes(), "live nodes (per-key TTL)")
+            },
+        ]
+    }
+
+    /// The dispatch consumer of `queue`.
+    pub fn dispatch_consumer(&self, queue: &str) -> consumer::pull::Config {
+        consumer::pull::Config {
+            durable_name: Some(self.names.consumer_dispatch(queue)),
+            description: Some(format!("dispatch for queue {queue}")),
+            filter_subject: self.names.job_submit(queue),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            max_deliver: -1,
+            max_ack_pending: 10_000,
+            ..Default::default()
+        }
+    }
+
+    /// Creates or upgrades everything; returns what changed.
+    pub async fn apply(&self, js: &jetstream::Context) -> Result<Vec<Applied>, TopologyError> {
+        let mut report = Vec::new();
+        for cfg in self.streams() {
+            report.push(ensure_stream(js, cfg).await?);
+        }
+        for cfg in self.buckets() {
+            report.push(ensure_bucket(js, cfg).await?);
+        }
+        for q in &self.queues {
+            report.push(ensure_consumer(js, &self.names.stream_jobs(), self.dispatch_consumer(q)).await?);
+        }
+        Ok(report)
+    }
+}
+
+/// The settings we own, compared to decide whether an update is needed (the server fills
+/// in defaults for everything else).
+fn stream_differs(have: &stream::Config, want: &stream::Config) -> bool {
+    let mut a = have.subjects.clone();
+    let mut b = want.subjects.clone();
+    a.sort();
+    b.sort();
+    a != b
+        || have.retention != want.retention
+        || have.max_age != want.max_age
+        || have.storage != want.storage
+        || have.num_replicas.max(1) != want.num_replicas.max(1)
+        || have.duplicate_window != want.duplicate_window
+        || have.max_messages_per_subject.max(0) != want.max_messages_per_subject.max(0)
+        || have.discard != want.discard
+        || have.allow_message_ttl != want.allow_message_ttl
+        || have.description != want.description
+        || have.allow_direct != want.allow_direct
+}
+
+async fn ensure_stream(js: &jetstream::Context, want: stream::Config) -> Result<Applied, TopologyError> {
+    let name = want.name.clone();
+    let err = |e: String| TopologyError {
+        kind: "stream",
+        name: name.clone(),
+        message: e,
+    };
+    match js.get_stream(&name).await {
+        Ok(mut s) => {
+            let have = s.info().await.map_err(|e| err(e.to_string()))?.config.clone();
+            if stream_differs(&have, &want) {
+                js.update_stream(want).await.map_err(|e| err(e.to_string()))?;
+                Ok(Applied {
+                    kind: "stream",
+                    name,
+                    change: Change::Updated,
+                })
+            } else {
+                Ok(Applied {
+                    kind: "stream",
+                    name,
+                    change: Change::Unchanged,
+                })
+            }
+        }
+        Err(e) if stream_not_found(&e) => {
+            js.create_stream(want).await.map_err(|e| err(e.to_string()))?;
+            Ok(Applied {
+                kind: "stream",
+                name,
+                change: Change::Created,
+            })
+        }
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+async fn ensure_bucket(js: &jetstream::Context, want: kv::Config) -> Result<Applied, TopologyError> {
+    let name = want.bucket.clone();
+    let err = |e: String| TopologyError {
+        kind: "bucket",
+        name: name.clone(),
+        message: e,
+    };
+    let stream_name = format!("KV_{name}");
+    match js.get_stream(&stream_name).await {
+        Ok(mut s) => {
+            let have = s.info().await.map_err(|e| err(e.to_string()))?.config.clone();
+            let differs = have.max_age != want.max_age
+                || have.max_messages_per_subject != want.history
+                || have.num_replicas.max(1) != want.num_replicas.max(1)
+                || have.storage != want.storage
+                || have.allow_message_ttl != want.limit_markers.is_some()
+                || have.subject_delete_marker_ttl != want.limit_markers
+                || have.description.as_deref().unwrap_or("") != want.description;
+            if differs {
+                js.create_or_update_key_value(want)
+                    .await
+                    .map_err(|e| err(e.to_string()))?;
+                Ok(Applied {
+                    kind: "bucket",
+                    name,
+                    change: Change::Updated,
+                })
+            } else {
+                Ok(Applied {
+                    kind: "bucket",
+                    name,
+                    change: Change::Unchanged,
+                })
+            }
+        }
+        Err(e) if stream_not_found(&e) => {
+            js.create_key_value(want).await.map_err(|e| err(e.to_string()))?;
+            Ok(Applied {
+                kind: "bucket",
+                name,
+                change: Change::Created,
+            })
+        }
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+/// Creates or updates a durable pull consumer on `stream`.
+pub async fn ensure_consumer(
+    js: &jetstream::Context,
+    stream: &str,
+    want: consumer::pull::Config,
+) -> Result<Applied, TopologyError> {
+    let name = want.durable_name.clone().unwrap_or_default();
+    let err = |e: String| TopologyError {
+        kind: "consumer",
+        name: name.clone(),
+        message: e,
+    };
+    let s = js.get_stream(stream).await.map_err(|e| err(e.to_string()))?;
+    match s.consumer_info(&name).await {
+        Ok(info) => {
+            let have = &info.config;
+            let differs = have.filter_subject != want.filter_subject
+                || have.ack_wait != want.ack_wait
+                || have.max_deliver != want.max_deliver
+                || have.max_ack_pending != want.max_ack_pending
+                || have.description != want.description;
+            if differs {
+                s.update_consumer(want).await.map_err(|e| err(e.to_string()))?;
+                Ok(Applied {
+                    kind: "consumer",
+                    name,
+                    change: Change::Updated,
+                })
+            } else {
+                Ok(Applied {
+                    kind: "consumer",
+                    name,
+                    change: Change::Unchanged,
+                })
+            }
+        }
+        Err(_) => {
+            s.create_consumer(want).await.map_err(|e| err(e.to_string()))?;
+            Ok(Applied {
+                kind: "consumer",
+                name,
+                change: Change::Created,
+            })
+        }
+    }
+}
+
+fn stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
+    matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(je)
+        if je.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND)
+}

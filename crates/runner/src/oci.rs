@@ -1,0 +1,561 @@
+//! [`OciRunner`]: one runc container per task.
+//!
+//! Each task gets `<data_dir>/tasks/<token>/bundle/config.json` whose root is the image's
+//! rootfs (shared, mounted read-only), and runs under the detached shim as
+//! `runc --root <data_dir>/runc run --bundle <bundle> <token>` (foreground `runc run`
+//! deletes the container when it ends and exits with the container's status).
+//!
+//! Isolation (see `docs/runner.md` for what applies where):
+//! - new mount, pid, ipc, uts namespaces, and a new network namespace (loopback only)
+//!   unless `spec.network`, in which case the host's network namespace is shared;
+//! - read-only rootfs; writable `/work` (a bind of the task's scratch dir) and `/tmp`
+//!   (tmpfs, [`OciConfig::tmp_size_mb`]);
+//! - `noNewPrivileges`, every capability dropped, runc's default masked and read-only
+//!   `/proc` paths, device access limited to runc's defaults (null, zero, random, tty...);
+//! - rlimits: `RLIMIT_NOFILE` ([`OciConfig::nofile`]) and `RLIMIT_CORE` 0;
+//! - cgroup limits from `spec.resources` (memory, pids, cpu) when the machine's cgroups
+//!   offer the controller ([`CgroupSupport::detect`]); otherwise the limit is skipped with
+//!   a warning.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::image::{ImageErrorKind, ImageStore};
+use crate::ports::{PortAllocator, PortRange};
+use crate::process::task_env;
+use crate::task::{TaskMeta, Tasks, io_err, runtime, signal_group, write_atomic};
+use crate::{LaunchRequest, Runner, RunnerError, RunnerErrorKind, TaskInfo, TaskStatus};
+
+/// How long `stop` waits for the container to die after SIGKILL.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// Configuration of the OCI runner.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OciConfig {
+    /// Where tasks, images, port locks and runc state live (default `.jetrun/dev`).
+    pub data_dir: PathBuf,
+    /// The runc binary (default `runc`, looked up on PATH).
+    pub runc: PathBuf,
+    /// Host ports handed to tasks that ask (default 20000-29999).
+    pub ports: PortRange,
+    /// `RLIMIT_NOFILE` of tasks, soft and hard (default 1024).
+    pub nofile: u64,
+    /// Size of each task's `/tmp` tmpfs in MiB (default 64).
+    pub tmp_size_mb: u64,
+    /// Pids limit of tasks whose spec sets none (default 1024; 0 = none).
+    pub default_pids: u64,
+    /// Uid and gid tasks run as (default 0: root in the container, with no capabilities).
+    pub user: (u32, u32),
+}
+
+impl Default for OciConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from(".jetrun/dev"),
+            runc: PathBuf::from("runc"),
+            ports: PortRange::default(),
+            nofile: 1024,
+            tmp_size_mb: 64,
+            default_pids: 1024,
+            user: (0, 0),
+        }
+    }
+}
+
+/// Which cgroup controllers this machine lets runc use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct CgroupSupport {
+    /// 1 or 2 (0: no cgroup file system found).
+    pub version: u8,
+    /// Memory limits.
+    pub memory: bool,
+    /// Memory+swap limits (cgroup v1 `memory.memsw.*`, present only with swap accounting).
+    pub memory_swap: bool,
+    /// Pids limits.
+    pub pids: bool,
+    /// CPU quota.
+    pub cpu: bool,
+}
+
+impl CgroupSupport {
+    /// Looks at `/sys/fs/cgroup`.
+    pub fn detect() -> Self {
+        let root = Path::new("/sys/fs/cgroup");
+        if let Ok(c) = std::fs::read_to_string(root.join("cgroup.controllers")) {
+            let has = |n: &str| c.split_whitespace().any(|x| x == n);
+            return Self {
+                version: 2,
+                memory: has("memory"),
+                memory_swap: has("memory"),
+                pids: has("pids"),
+                cpu: has("cpu"),
+            };
+        }
+        let memory = root.join("memory/memory.limit_in_bytes").exists();
+        if !memory && !root.join("pids").is_dir() {
+            return Self::default();
+        }
+        Self {
+            version: 1,
+            memory,
+            memory_swap: root.join("memory/memory.memsw.limit_in_bytes").exists(),
+            pids: root.join("pids").is_dir(),
+            cpu: root.join("cpu/cpu.cfs_quota_us").exists()
+                || root.join("cpu,cpuacct/cpu.cfs_quota_us").exists(),
+        }
+    }
+}
+
+/// Runs each task in its own runc container.
+#[derive(Debug, Clone)]
+pub struct OciRunner {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: OciConfig,
+    runc: PathBuf,
+    runc_root: PathBuf,
+    /// Makes cgroup names unique across data dirs (tests run side by side).
+    cgroup_prefix: String,
+    tasks: Arc<Tasks>,
+    ports: PortAllocator,
+    images: ImageStore,
+    cgroups: CgroupSupport,
+}
+
+/// Finds `bin` on PATH (or takes it as is when it has a slash).
+fn which(bin: &Path) -> Option<PathBuf> {
+    if bin.components().count() > 1 {
+        return bin.is_file().then(|| bin.to_path_buf());
+    }
+    let path = std::env::var_os("PATH")
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join(bin))
+        .find(|p| p.is_file())
+}
+
+fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+impl OciRunner {
+    /// An OCI runner. Fails with [`RunnerErrorKind::Runtime`] if runc is not found or the
+    /// data dir cannot be made; it does not check that containers run (see [`probe`]).
+    pub fn new(config: OciConfig) -> Result<Self, RunnerError> {
+        let runc = which(&config.runc)
+            .ok_or_else(|| runtime(format!("{} not found on PATH", config.runc.display())))?;
+        let data_dir = crate::task::absolute(&config.data_dir)?;
+        let runc_root = data_dir.join("runc");
+        std::fs::create_dir_all(&runc_root).map_err(|e| io_err("create", &runc_root, e))?;
+        let images = ImageStore::new(&data_dir).map_err(|e| runtime(e.to_string()))?;
+        let cgroups = CgroupSupport::detect();
+        let (tasks, ports) = (
+            Tasks::open(&data_dir)?,
+            PortAllocator::new(&data_dir, config.ports)?,
+        );
+        let freed = ports.reclaim(|owner| tasks.holds_resources(owner));
+        if freed > 0 {
+            tracing::info!(freed, "released stale port locks");
+        }
+        tracing::info!(runc = %runc.display(), data_dir = %data_dir.display(), ?cgroups, "OCI runner ready");
+        Ok(Self {
+            inner: Arc::new(Inner {
+                cgroup_prefix: format!("{:08x}", fnv(&data_dir.display().to_string()) as u32),
+                tasks,
+                ports,
+                runc,
+                runc_root,
+                images,
+                cgroups,
+                config,
+            }),
+        })
+    }
+
+    /// The cgroup controllers found on this machine.
+    pub fn cgroups(&self) -> CgroupSupport {
+        self.inner.cgroups
+    }
+
+    /// The image store this runner reads.
+    pub fn images(&self) -> &ImageStore {
+        &self.inner.images
+    }
+
+    /// The directory holding the task directories.
+    pub fn tasks_dir(&self) -> &Path {
+        &self.inner.tasks.dir
+    }
+
+    /// Writes the bundle of `req` at `<task>/bundle` and returns the runc command line of
+    /// the shim. Public so the launch benchmark can compare with bare `runc run` on the
+    /// very same bundle.
+    pub fn prepare_bundle(
+        &self,
+        req: &LaunchRequest,
+        ports: &BTreeMap<String, u16>,
+    ) -> Result<PathBuf, RunnerError> {
+        let inner = &self.inner;
+        let img = inner.images.ensure(&req.spec.image).map_err(|e| match e.kind {
+            ImageErrorKind::NotFound | ImageErrorKind::Invalid => {
+                RunnerError::new(RunnerErrorKind::InvalidSpec, e.to_string())
+            }
+            _ => runtime(e.to_string()),
+        })?;
+        let mut args = img.config.entrypoint.clone();
+        args.extend(if req.spec.command.is_empty() {
+            img.config.cmd.clone()
+        } else {
+            req.spec.command.clone()
+        });
+        if args.is_empty() {
+            return Err(RunnerError::new(
+                RunnerErrorKind::InvalidSpec,
+                format!("no command and image {} has no default", img.name),
+            ));
+        }
+        let task_dir = inner.tasks.path(&req.token)?;
+        let (uid, gid) = inner.config.user;
+        if (uid, gid) != (0, 0) {
+            // The scratch dir must be writable by the task's user.
+            let work = task_dir.join("work");
+            std::os::unix::fs::chown(&work, Some(uid), Some(gid)).map_err(|e| io_err("chown", &work, e))?;
+        }
+        let mut env: BTreeMap<String, String> = img
+            .config
+            .env
+            .iter()
+            .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+            .collect();
+        env.entry("PATH".into())
+            .or_insert_with(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+        env.insert("HOME".into(), "/work".into());
+        env.extend(task_env(req, ports));
+        let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+
+        let mut mounts = vec![
+            json!({"destination": "/proc", "type": "proc", "source": "proc"}),
+            json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+            json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]}),
+            json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+            json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+            json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+            json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777", format!("size={}m", inner.config.tmp_size_mb)]}),
+            json!({"destination": "/work", "type": "bind", "source": task_dir.join("work"), "options": ["rbind", "rw", "nosuid", "nodev"]}),
+        ];
+        for b in &img.config.binds {
+            mounts.push(json!({"destination": b.destination, "type": "bind", "source": b.source, "options": ["rbind", "ro", "nosuid", "nodev"]}));
+        }
+        let mut namespaces = vec![
+            json!({"type": "pid"}),
+            json!({"type": "ipc"}),
+            json!({"type": "uts"}),
+            json!({"type": "mount"}),
+        ];
+        if req.spec.network {
+            // Shares the host's network: give it the host's resolver.
+            for f in ["/etc/resolv.conf", "/etc/hosts"] {
+                if Path::new(f).is_file() && img.rootfs.join(&f[1..]).is_file() {
+                    mounts.push(json!({"destination": f, "type": "bind", "source": f, "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]}));
+                }
+            }
+        } else {
+            namespaces.push(json!({"type": "network"}));
+        }
+
+        let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
+        let cg = inner.cgroups;
+        let res = &req.spec.resources;
+        if let Some(mb) = res.memory_mb {
+            if cg.memory {
+                let bytes = mb.saturating_mul(1024 * 1024);
+                resources["memory"] = if cg.memory_swap {
+                    json!({"limit": bytes, "swap": bytes})
+                } else {
+                    json!({"limit": bytes})
+                };
+            } else {
+                tracing::warn!(task_ref = %req.token, memory_mb = mb, "no memory cgroup here: memory limit not applied");
+            }
+        }
+        let pids = res.pids.unwrap_or(inner.config.default_pids);
+        if pids > 0 {
+            if cg.pids {
+                resources["pids"] = json!({"limit": pids});
+            } else if res.pids.is_some() {
+                tracing::warn!(task_ref = %req.token, pids, "no pids cgroup here: pids limit not applied");
+            }
+        }
+        if let Some(cpus) = res.cpus.filter(|c| *c > 0.0) {
+            if cg.cpu {
+                resources["cpu"] = json!({"quota": (cpus * 100_000.0) as i64, "period": 100_000u64});
+            } else {
+                tracing::warn!(task_ref = %req.token, cpus, "no cpu cgroup here: cpu limit not applied");
+            }
+        }
+        let nofile = inner.config.nofile;
+        let no_caps: Vec<String> = Vec::new();
+        let config = json!({
+            "ociVersion": "1.0.2",
+            "process": {
+                "terminal": false,
+                "user": {"uid": inner.config.user.0, "gid": inner.config.user.1},
+                "args": args,
+                "env": env,
+                "cwd": img.config.workdir.clone().unwrap_or_else(|| "/work".into()),
+                "capabilities": {"bounding": no_caps, "effective": no_caps, "inheritable": no_caps, "permitted": no_caps, "ambient": no_caps},
+                "rlimits": [
+                    {"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile},
+                    {"type": "RLIMIT_CORE", "hard": 0, "soft": 0}
+                ],
+                "noNewPrivileges": true
+            },
+            "root": {"path": img.rootfs, "readonly": true},
+            "hostname": "jetrun",
+            "mounts": mounts,
+            "linux": {
+                "namespaces": namespaces,
+                "cgroupsPath": format!("jetrun/{}-{}", inner.cgroup_prefix, req.token),
+                "resources": resources,
+                "maskedPaths": [
+                    "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware",
+                    "/proc/scsi", "/sys/fs/cgroup"
+                ],
+                "readonlyPaths": [
+                    "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"
+                ]
+            }
+        });
+        let bundle = task_dir.join("bundle");
+        std::fs::create_dir_all(&bundle).map_err(|e| io_err("create", &bundle, e))?;
+        let body = serde_json::to_vec_pretty(&config).map_err(runtime)?;
+        write_atomic(&bundle.join("config.json"), &body)?;
+        Ok(bundle)
+    }
+
+    /// The runc command line that runs `bundle` as container `id` in the foreground.
+    pub fn runc_run_argv(&self, bundle: &Path, id: &str) -> Vec<String> {
+        vec![
+            self.inner.runc.display().to_string(),
+            "--root".into(),
+            self.inner.runc_root.display().to_string(),
+            "run".into(),
+            "--bundle".into(),
+            bundle.display().to_string(),
+            id.into(),
+        ]
+    }
+
+    fn runc(&self, args: &[&str]) -> std::io::Result<std::process::Output> {
+        std::process::Command::new(&self.inner.runc)
+            .arg("--root")
+            .arg(&self.inner.runc_root)
+            .args(args)
+            .output()
+    }
+
+    /// Whether runc still knows the container as running (it outlived a killed shim).
+    fn container_running(&self, id: &str) -> bool {
+        match self.runc(&["state", id]) {
+            Ok(o) if o.status.success() => serde_json::from_slice::<serde_json::Value>(&o.stdout)
+                .ok()
+                .and_then(|v| {
+                    v.get("status")
+                        .and_then(|s| s.as_str())
+                        .map(|s| s == "running" || s == "created")
+                })
+                .unwrap_or(false),
+            _ => false,
+        }
+    }
+
+    fn kill(&self, task_ref: &str, sig: &str, fallback: nix::sys::signal::Signal) {
+        match self.runc(&["kill", task_ref, sig]) {
+            Ok(o) if o.status.success() => {}
+            // Not created yet or already gone: signal the shim's group (runc run forwards
+            // signals to the container).
+            _ => signal_group(&self.inner.tasks, task_ref, fallback),
+        }
+    }
+
+    /// Runs a tiny container (`true` in the busybox image, or the host image when busybox
+    /// is not available) and says whether OCI works on this machine.
+    pub async fn probe(&self) -> Result<(), RunnerError> {
+        let image = if self.inner.images.ensure("busybox").is_ok() {
+            "busybox"
+        } else {
+            "host"
+        };
+        let token = format!(
+            "probe-{}-{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+        );
+        let spec = jetrun_core::JobSpec::new("probe", image, vec!["true".into()]);
+        let mut req = LaunchRequest::new("probe", 1, spec, None);
+        req.token = token.clone();
+        let r = async {
+            let t = self.launch(&req).await?;
+            match tokio::time::timeout(Duration::from_secs(15), self.wait(&t)).await {
+                Ok(Ok(TaskStatus::Exited { exit_code: 0 })) => Ok(()),
+                Ok(Ok(s)) => {
+                    let err = self
+                        .log_paths(&t)
+                        .and_then(|(_, e)| std::fs::read_to_string(e).ok())
+                        .unwrap_or_default();
+                    Err(runtime(format!("probe container ended {s:?}: {}", err.trim())))
+                }
+                Ok(Err(e)) => Err(e),
+                Err(_) => {
+                    let _ = self.stop(&t, Duration::ZERO).await;
+                    Err(runtime("probe container did not finish in 15 s"))
+                }
+            }
+        }
+        .await;
+        let _ = self.remove(&token).await;
+        self.inner.tasks.discard(&token);
+        r
+    }
+}
+
+/// Makes an OCI runner from `config` and probes it: `Ok` only if a container runs here.
+pub async fn probe(config: OciConfig) -> Result<OciRunner, RunnerError> {
+    let r = OciRunner::new(config)?;
+    r.probe().await?;
+    Ok(r)
+}
+
+#[async_trait::async_trait]
+impl Runner for OciRunner {
+    fn name(&self) -> &'static str {
+        "oci"
+    }
+
+    async fn launch(&self, req: &LaunchRequest) -> Result<String, RunnerError> {
+        let inner = &self.inner;
+        let token = req.token.clone();
+        if !inner.tasks.create(&token)? {
+            return Ok(token);
+        }
+        let mut held: Option<BTreeMap<String, u16>> = None;
+        let result = (|| {
+            let ports = inner.ports.allocate(&token, &req.spec.ports)?;
+            held = Some(ports.clone());
+            let bundle = self.prepare_bundle(req, &ports)?;
+            inner.tasks.write_meta(&TaskMeta {
+                task_ref: token.clone(),
+                job_id: req.job_id.clone(),
+                attempt: req.attempt,
+                runner: "oci".into(),
+                ports,
+                container_id: Some(token.clone()),
+                created_at: chrono::Utc::now(),
+            })?;
+            let env = BTreeMap::from([(
+                "PATH".to_string(),
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+            )]);
+            inner
+                .tasks
+                .spawn_shim(&token, &self.runc_run_argv(&bundle, &token), &env, &bundle)
+        })();
+        match result {
+            Ok(pid) => {
+                tracing::debug!(task_ref = %token, shim_pid = pid, image = %req.spec.image, "container launched");
+                Ok(token)
+            }
+            Err(e) => {
+                if let Some(p) = held {
+                    inner.ports.release(&token, p.values().copied());
+                }
+                inner.tasks.discard(&token);
+                Err(e)
+            }
+        }
+    }
+
+    async fn wait(&self, task_ref: &str) -> Result<TaskStatus, RunnerError> {
+        let me = self.clone();
+        self.inner
+            .tasks
+            .wait_with(task_ref, &move |t| me.container_running(t))
+            .await
+    }
+
+    async fn describe(&self, task_ref: &str) -> Result<TaskStatus, RunnerError> {
+        self.inner
+            .tasks
+            .status_with(task_ref, &|t| self.container_running(t))
+    }
+
+    async fn stop(&self, task_ref: &str, grace: Duration) -> Result<(), RunnerError> {
+        let tasks = &self.inner.tasks;
+        if self.describe(task_ref).await?.is_final() {
+            return Ok(());
+        }
+        tasks.mark(task_ref, "stop_requested");
+        let me = self.clone();
+        let running = move |t: &str| me.container_running(t);
+        self.kill(task_ref, "TERM", nix::sys::signal::Signal::SIGTERM);
+        if tasks.wait_for(task_ref, grace, &running).await?.is_some() {
+            return Ok(());
+        }
+        tracing::info!(
+            task_ref,
+            grace_ms = grace.as_millis() as u64,
+            "container ignored SIGTERM, sending SIGKILL"
+        );
+        self.kill(task_ref, "KILL", nix::sys::signal::Signal::SIGKILL);
+        if tasks.wait_for(task_ref, KILL_WAIT, &running).await?.is_none() {
+            return Err(runtime(format!("container {task_ref} survived SIGKILL")));
+        }
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<TaskInfo>, RunnerError> {
+        self.inner.tasks.list(&|t| self.container_running(t))
+    }
+
+    async fn remove(&self, task_ref: &str) -> Result<(), RunnerError> {
+        let tasks = &self.inner.tasks;
+        let Some(meta) = tasks.meta(task_ref)? else {
+            return Ok(());
+        };
+        if !self.describe(task_ref).await?.is_final() {
+            self.stop(task_ref, Duration::ZERO).await?;
+        }
+        // Normally gone already (foreground `runc run` deletes it); not if the shim died.
+        // Looking at runc's state dir first saves a runc invocation per task.
+        if self.inner.runc_root.join(task_ref).exists() {
+            let _ = self.runc(&["delete", "--force", task_ref]);
+        }
+        self.inner.ports.release(task_ref, meta.ports.values().copied());
+        let d = tasks.path(task_ref)?;
+        for sub in ["bundle", "work"] {
+            let p = d.join(sub);
+            if p.exists() {
+                std::fs::remove_dir_all(&p).map_err(|e| io_err("remove", &p, e))?;
+            }
+        }
+        tasks.mark(task_ref, "removed");
+        tasks.forget(task_ref);
+        Ok(())
+    }
+
+    fn log_paths(&self, task_ref: &str) -> Option<(PathBuf, PathBuf)> {
+        self.inner.tasks.log_paths(task_ref)
+    }
+}

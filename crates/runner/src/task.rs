@@ -1,0 +1,462 @@
+//! The per-task state directory and the detached shim shared by the process and OCI runners.
+//!
+//! Layout of `<data_dir>/tasks/<token>/`:
+//! - `meta.json`: who the task is ([`TaskMeta`]);
+//! - `pid`: `<pid> <starttime>` of the shim (the start time guards against pid reuse);
+//! - `exit_code`: written by the shim when the task ends (`<status>` as the shell reports
+//!   it), or `signal <n>` written by the runner when it had to SIGKILL the shim itself;
+//! - `stop_requested`: present once `stop` was called;
+//! - `removed`: present once `remove` was called (the logs stay, `list` skips the task);
+//! - `stdout.log`, `stderr.log`: the task's output;
+//! - `work/`: the task's scratch directory (deleted by `remove`).
+//!
+//! The shim is `sh -c 'trap : TERM INT; "$@"; echo $? > exit_code'` started in its own
+//! process group, so the task survives the death of the process that launched it and its
+//! exit code is not lost. The trap keeps the shim alive when the group gets SIGTERM, so it
+//! can record how the task ended.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::{RunnerError, RunnerErrorKind, TaskInfo, TaskStatus};
+
+/// The shim script: `$1` is the exit-code file, the rest is the command.
+const SHIM: &str = r#"e="$1"; shift; trap : TERM INT; "$@"; c=$?; echo "$c" > "$e""#;
+
+/// How long a task directory may lack a pid file before it counts as a launch that died
+/// half-way (the launching process crashed between creating the dir and spawning).
+const PENDING_GRACE: Duration = Duration::from_secs(30);
+
+/// What a task is, as recorded at launch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct TaskMeta {
+    pub task_ref: String,
+    pub job_id: String,
+    pub attempt: u32,
+    pub runner: String,
+    #[serde(default)]
+    pub ports: BTreeMap<String, u16>,
+    #[serde(default)]
+    pub container_id: Option<String>,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+pub(crate) fn runtime(msg: impl std::fmt::Display) -> RunnerError {
+    RunnerError::new(RunnerErrorKind::Runtime, msg.to_string())
+}
+
+pub(crate) fn io_err(what: &str, path: &Path, e: std::io::Error) -> RunnerError {
+    runtime(format!("{what} {}: {e}", path.display()))
+}
+
+/// Whether `token` is safe as a directory name and a runc container id.
+pub(crate) fn valid_token(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= 200
+        && !token.starts_with('.')
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// `JETRUN_PORT_<NAME>` for a port name.
+pub(crate) fn port_env_name(name: &str) -> String {
+    let n: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("JETRUN_PORT_{n}")
+}
+
+/// The pid and start time of a live process, read from `/proc`.
+pub(crate) fn proc_starttime(pid: i32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut it = rest.split_whitespace();
+    let state = it.next()?.chars().next()?;
+    // starttime is field 22; after `)` we are at field 3.
+    let start = it.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// The shared task table of one runner: directories on disk plus in-process exit notices
+/// for the shims this process spawned (adopted tasks are polled).
+#[derive(Debug)]
+pub(crate) struct Tasks {
+    pub dir: PathBuf,
+    exits: Mutex<HashMap<String, watch::Receiver<bool>>>,
+}
+
+impl Tasks {
+    pub fn open(data_dir: &Path) -> Result<Arc<Self>, RunnerError> {
+        let dir = absolute(&data_dir.join("tasks"))?;
+        std::fs::create_dir_all(&dir).map_err(|e| io_err("create", &dir, e))?;
+        Ok(Arc::new(Self {
+            dir,
+            exits: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn path(&self, task_ref: &str) -> Result<PathBuf, RunnerError> {
+        if !valid_token(task_ref) {
+            return Err(RunnerError::new(
+                RunnerErrorKind::NotFound,
+                format!("bad task ref {task_ref:?}"),
+            ));
+        }
+        Ok(self.dir.join(task_ref))
+    }
+
+    /// Creates the task directory; `Ok(false)` if it already exists (idempotent launch).
+    pub fn create(&self, token: &str) -> Result<bool, RunnerError> {
+        if !valid_token(token) {
+            return Err(RunnerError::new(
+                RunnerErrorKind::InvalidSpec,
+                format!("bad token {token:?}"),
+            ));
+        }
+        let p = self.dir.join(token);
+        match std::fs::create_dir(&p) {
+            Ok(()) => {
+                let w = p.join("work");
+                std::fs::create_dir(&w).map_err(|e| io_err("create", &w, e))?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(io_err("create", &p, e)),
+        }
+    }
+
+    /// Undoes a failed launch.
+    pub fn discard(&self, token: &str) {
+        if let Ok(p) = self.path(token) {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+
+    pub fn write_meta(&self, meta: &TaskMeta) -> Result<(), RunnerError> {
+        let p = self.path(&meta.task_ref)?.join("meta.json");
+        let body = serde_json::to_vec_pretty(meta).map_err(runtime)?;
+        write_atomic(&p, &body)
+    }
+
+    pub fn meta(&self, task_ref: &str) -> Result<Option<TaskMeta>, RunnerError> {
+        let p = self.path(task_ref)?.join("meta.json");
+        match std::fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b).map(Some).map_err(runtime),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("read", &p, e)),
+        }
+    }
+
+    /// Opens the task's log files for appending.
+    pub fn open_logs(&self, token: &str) -> Result<(std::fs::File, std::fs::File), RunnerError> {
+        let d = self.path(token)?;
+        let open = |name: &str| {
+            let p = d.join(name);
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&p)
+                .map_err(|e| io_err("open", &p, e))
+        };
+        Ok((open("stdout.log")?, open("stderr.log")?))
+    }
+
+    /// Spawns the shim around `argv` in its own process group, records its pid, and
+    /// arranges an in-process exit notice.
+    pub fn spawn_shim(
+        &self,
+        token: &str,
+        argv: &[String],
+        env: &BTreeMap<String, String>,
+        cwd: &Path,
+    ) -> Result<i32, RunnerError> {
+        let d = self.path(token)?;
+        let (out, err) = self.open_logs(token)?;
+        let mut cmd = tokio::process::Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(SHIM)
+            .arg("jetrun-shim")
+            .arg(d.join("exit_code"))
+            .args(argv)
+            .env_clear()
+            .envs(env)
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err))
+            // Own process group: stop() signals the whole group, and the task is not hit
+            // by signals sent to the launcher's group (Ctrl-C of `jetrun dev`).
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = cmd.spawn().map_err(|e| runtime(format!("spawn shim: {e}")))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| runtime("shim exited before its pid was known"))? as i32;
+        let start = proc_starttime(pid).map(|(_, s)| s).unwrap_or(0);
+        write_atomic(&d.join("pid"), format!("{pid} {start}\n").as_bytes())?;
+        let (tx, rx) = watch::channel(false);
+        if let Ok(mut m) = self.exits.lock() {
+            m.insert(token.to_string(), rx);
+        }
+        // Reap the shim (no zombie) and tell waiters at once, without polling.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+            let _ = tx.send(true);
+        });
+        Ok(pid)
+    }
+
+    /// `(pid, starttime)` of the shim, if it was spawned.
+    pub fn pid(&self, task_ref: &str) -> Option<(i32, u64)> {
+        let s = std::fs::read_to_string(self.path(task_ref).ok()?.join("pid")).ok()?;
+        let mut it = s.split_whitespace();
+        Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+    }
+
+    /// Whether the shim still runs (and is the same process that was recorded).
+    pub fn shim_alive(&self, task_ref: &str) -> bool {
+        match self.pid(task_ref) {
+            Some((pid, start)) => matches!(
+                proc_starttime(pid),
+                Some((state, s)) if state != 'Z' && (start == 0 || s == start)
+            ),
+            None => false,
+        }
+    }
+
+    /// The recorded end of the task, if any.
+    pub fn exit_status(&self, task_ref: &str) -> Option<TaskStatus> {
+        let s = std::fs::read_to_string(self.path(task_ref).ok()?.join("exit_code")).ok()?;
+        parse_exit(&s)
+    }
+
+    /// Records an end the shim could not record itself (it was SIGKILLed).
+    pub fn record_signal(&self, task_ref: &str, signal: i32) {
+        if let Ok(d) = self.path(task_ref) {
+            let p = d.join("exit_code");
+            if self.exit_status(task_ref).is_none() {
+                let _ = std::fs::write(p, format!("signal {signal}\n"));
+            }
+        }
+    }
+
+    pub fn mark(&self, task_ref: &str, name: &str) {
+        if let Ok(d) = self.path(task_ref) {
+            let _ = std::fs::write(d.join(name), b"");
+        }
+    }
+
+    pub fn marked(&self, task_ref: &str, name: &str) -> bool {
+        self.path(task_ref)
+            .map(|d| d.join(name).exists())
+            .unwrap_or(false)
+    }
+
+    /// How the task stands, from its files. `alive_extra` is asked when the shim is gone
+    /// without an exit code (the OCI runner checks whether the container still runs).
+    pub fn status(&self, task_ref: &str) -> Result<TaskStatus, RunnerError> {
+        self.status_with(task_ref, &|_| false)
+    }
+
+    /// [`Tasks::status`], asking `runs_elsewhere` whether the task still runs when its
+    /// shim is gone without an exit code (a container can outlive a killed `runc run`).
+    pub fn status_with(
+        &self,
+        task_ref: &str,
+        runs_elsewhere: &dyn Fn(&str) -> bool,
+    ) -> Result<TaskStatus, RunnerError> {
+        let d = self.path(task_ref)?;
+        if !d.join("meta.json").exists() {
+            return Ok(TaskStatus::NotFound);
+        }
+        if let Some(s) = self.exit_status(task_ref) {
+            return Ok(s);
+        }
+        if self.pid(task_ref).is_none() {
+            let young = self
+                .meta(task_ref)?
+                .map(|m| {
+                    chrono::Utc::now() - m.created_at
+                        < chrono::TimeDelta::from_std(PENDING_GRACE).unwrap_or_default()
+                })
+                .unwrap_or(false);
+            return Ok(if young {
+                TaskStatus::Pending
+            } else {
+                TaskStatus::NotFound
+            });
+        }
+        if self.shim_alive(task_ref) {
+            return Ok(TaskStatus::Running);
+        }
+        // The shim may have written its file just after our first look.
+        if let Some(s) = self.exit_status(task_ref) {
+            return Ok(s);
+        }
+        if runs_elsewhere(task_ref) {
+            return Ok(TaskStatus::Running);
+        }
+        // Gone without a word: it was SIGKILLed with its group.
+        self.record_signal(task_ref, 9);
+        Ok(TaskStatus::Killed { signal: 9 })
+    }
+
+    /// Waits until the task has ended.
+    pub async fn wait(&self, task_ref: &str) -> Result<TaskStatus, RunnerError> {
+        self.wait_with(task_ref, &|_| false).await
+    }
+
+    /// [`Tasks::wait`] with the hook of [`Tasks::status_with`].
+    pub async fn wait_with(
+        &self,
+        task_ref: &str,
+        runs_elsewhere: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<TaskStatus, RunnerError> {
+        let rx = self.exits.lock().ok().and_then(|m| m.get(task_ref).cloned());
+        if let Some(mut rx) = rx {
+            // Our own child: the reaper task tells us the moment it exits.
+            let _ = rx.wait_for(|done| *done).await;
+        }
+        let mut delay = Duration::from_millis(5);
+        loop {
+            let s = self.status_with(task_ref, runs_elsewhere)?;
+            if s.is_final() {
+                return Ok(s);
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits at most `limit`; `None` if the task still runs.
+    pub async fn wait_for(
+        &self,
+        task_ref: &str,
+        limit: Duration,
+        runs_elsewhere: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<Option<TaskStatus>, RunnerError> {
+        match tokio::time::timeout(limit, self.wait_with(task_ref, runs_elsewhere)).await {
+            Ok(r) => r.map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Every task directory not yet removed.
+    pub fn list(&self, runs_elsewhere: &dyn Fn(&str) -> bool) -> Result<Vec<TaskInfo>, RunnerError> {
+        let rd = std::fs::read_dir(&self.dir).map_err(|e| io_err("list", &self.dir, e))?;
+        let mut out = Vec::new();
+        for entry in rd.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if !valid_token(&name) || self.marked(&name, "removed") {
+                continue;
+            }
+            let Some(meta) = self.meta(&name)? else { continue };
+            let status = self.status_with(&name, runs_elsewhere)?;
+            out.push(TaskInfo {
+                task_ref: meta.task_ref,
+                job_id: meta.job_id,
+                attempt: meta.attempt,
+                status,
+            });
+        }
+        out.sort_by(|a, b| a.task_ref.cmp(&b.task_ref));
+        Ok(out)
+    }
+
+    /// Whether `owner` (a token) is a task that still holds resources: its directory
+    /// exists and it was not removed. Port locks of other owners are stale.
+    pub fn holds_resources(&self, owner: &str) -> bool {
+        self.path(owner)
+            .map(|d| d.is_dir() && !d.join("removed").exists())
+            .unwrap_or(false)
+    }
+
+    /// Forgets the in-process exit notice of a removed task.
+    pub fn forget(&self, task_ref: &str) {
+        if let Ok(mut m) = self.exits.lock() {
+            m.remove(task_ref);
+        }
+    }
+
+    pub fn log_paths(&self, task_ref: &str) -> Option<(PathBuf, PathBuf)> {
+        let d = self.path(task_ref).ok()?;
+        d.join("meta.json")
+            .exists()
+            .then(|| (d.join("stdout.log"), d.join("stderr.log")))
+    }
+}
+
+/// Parses an `exit_code` file. Shell statuses 129..=192 are deaths by signal (128 + n),
+/// the convention of every shell and of `runc run`.
+pub(crate) fn parse_exit(s: &str) -> Option<TaskStatus> {
+    let s = s.trim();
+    if let Some(sig) = s.strip_prefix("signal ") {
+        return sig
+            .trim()
+            .parse()
+            .ok()
+            .map(|signal| TaskStatus::Killed { signal });
+    }
+    let code: i32 = s.parse().ok()?;
+    Some(if (129..=192).contains(&code) {
+        TaskStatus::Killed { signal: code - 128 }
+    } else {
+        TaskStatus::Exited { exit_code: code }
+    })
+}
+
+pub(crate) fn write_atomic(path: &Path, body: &[u8]) -> Result<(), RunnerError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, body).map_err(|e| io_err("write", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io_err("rename", path, e))
+}
+
+pub(crate) fn absolute(p: &Path) -> Result<PathBuf, RunnerError> {
+    std::path::absolute(p).map_err(|e| io_err("resolve", p, e))
+}
+
+/// Sends `sig` to the shim's process group, if the shim is still the recorded process.
+pub(crate) fn signal_group(tasks: &Tasks, task_ref: &str, sig: nix::sys::signal::Signal) {
+    if let Some((pid, _)) = tasks.pid(task_ref)
+        && tasks.shim_alive(task_ref)
+    {
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), sig);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_parse() {
+        assert_eq!(parse_exit("0\n"), Some(TaskStatus::Exited { exit_code: 0 }));
+        assert_eq!(parse_exit("42"), Some(TaskStatus::Exited { exit_code: 42 }));
+        assert_eq!(parse_exit("143"), Some(TaskStatus::Killed { signal: 15 }));
+        assert_eq!(parse_exit("signal 9"), Some(TaskStatus::Killed { signal: 9 }));
+        assert_eq!(parse_exit(""), None);
+    }
+
+    #[test]
+    fn tokens_and_port_names() {
+        assert!(valid_token("0192-abc-1"));
+        assert!(!valid_token("../x"));
+        assert!(!valid_token(""));
+        assert_eq!(port_env_name("http-admin"), "JETRUN_PORT_HTTP_ADMIN");
+    }
+}

@@ -1,0 +1,315 @@
+//! # jetrun-ingest
+//!
+//! How the outside world reaches jetrun: one axum [`Router`] with
+//!
+//! - `POST /webhooks/github` ([`github`]): HMAC-SHA256 over the raw bytes (several
+//!   secrets at once for rotation), a bounded body, an event allow-list, dedupe by
+//!   delivery id, publish to `<prefix>.webhook.github.<event>` and 2xx only after the
+//!   PubAck (503 when JetStream does not acknowledge);
+//! - the HTTP API ([`api`]): jobs (submit with `Idempotency-Key`, get, cancel), structured
+//!   CloudEvents, scale requests, stats, health and readiness, behind bearer tokens with a
+//!   per-tenant rate limit;
+//! - errors as RFC 9457 problem details ([`problem`]).
+//!
+//! The same router is served by [`serve`] (a TCP listener) or, with the `lambda`
+//! feature, by `run_lambda` under AWS Lambda. No secret configured means [`Ingest::new`]
+//! refuses to start, unless `insecure_dev` is set explicitly.
+
+pub mod api;
+pub mod auth;
+pub mod github;
+pub mod jobs;
+#[cfg(feature = "lambda")]
+pub mod lambda;
+pub mod problem;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, header};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use jetrun_nats::EventPublisher;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub use auth::{ApiTokens, RateLimiter, WebhookSecrets};
+#[cfg(feature = "lambda")]
+pub use lambda::run_lambda;
+pub use problem::{Problem, ProblemKind};
+
+/// Environment variable with the webhook secrets (comma-separated for rotation).
+pub const ENV_SECRET: &str = "JETRUN_GITHUB_WEBHOOK_SECRET";
+/// Environment variable with the API tokens (`tenant:token,tenant2:token2`).
+pub const ENV_TOKENS: &str = "JETRUN_API_TOKENS";
+
+/// Settings of the HTTP endpoint. Secrets are not here: see [`Credentials`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Largest body accepted, in bytes (default 1 MiB; GitHub sends at most 25 MB).
+    /// Larger bodies are answered 413 without being read.
+    pub max_body_bytes: usize,
+    /// GitHub events to publish (default empty: every known event). Others are answered
+    /// 200 `ignored` and not published; `ping` is always answered.
+    pub github_events: Vec<String>,
+    /// How long to wait for JetStream to acknowledge before answering 503 (default 5 s).
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: Duration,
+    /// Sustained API requests per second per tenant (default 20; 0 disables the limit).
+    pub rate_per_second: f64,
+    /// API requests a tenant may make at once (default 40).
+    pub rate_burst: u32,
+    /// Run without a webhook secret (signatures are not checked) and, without API
+    /// tokens, with an open API (default false). Only for `jetrun dev`.
+    pub insecure_dev: bool,
+    /// `ce-source` of the events published (default `/jetrun/ingest`).
+    pub source: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            github_events: Vec::new(),
+            publish_timeout: Duration::from_secs(5),
+            rate_per_second: 20.0,
+            rate_burst: 40,
+            insecure_dev: false,
+            source: "/jetrun/ingest".into(),
+        }
+    }
+}
+
+/// Secrets and tokens, read from the environment and files.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    /// Webhook secrets.
+    pub webhook_secrets: WebhookSecrets,
+    /// API tokens.
+    pub api_tokens: ApiTokens,
+}
+
+/// What kind of setup failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SetupErrorKind {
+    /// No webhook secret and not in insecure dev mode.
+    NoSecret,
+    /// A secret file could not be read.
+    SecretFile,
+    /// `JETRUN_API_TOKENS` is malformed.
+    Tokens,
+    /// A bucket is missing or JetStream is unreachable (has `jetrun init` run?).
+    Bucket,
+}
+
+/// The endpoint cannot start.
+#[derive(Debug, thiserror::Error)]
+#[error("ingest setup: {kind:?}: {message}")]
+pub struct SetupError {
+    /// What kind.
+    pub kind: SetupErrorKind,
+    /// Details (never a secret).
+    pub message: String,
+}
+
+impl Credentials {
+    /// Reads [`ENV_SECRET`] and, if given, `secret_file`, and [`ENV_TOKENS`].
+    pub fn from_env(secret_file: Option<&Path>) -> Result<Self, SetupError> {
+        let mut secrets = WebhookSecrets::parse(&std::env::var(ENV_SECRET).unwrap_or_default());
+        if let Some(path) = secret_file {
+            let f = WebhookSecrets::from_file(path).map_err(|e| SetupError {
+                kind: SetupErrorKind::SecretFile,
+                message: format!("{}: {e}", path.display()),
+            })?;
+            secrets = secrets.merged(f);
+        }
+        let api_tokens =
+            ApiTokens::parse(&std::env::var(ENV_TOKENS).unwrap_or_default()).map_err(|e| SetupError {
+                kind: SetupErrorKind::Tokens,
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            webhook_secrets: secrets,
+            api_tokens,
+        })
+    }
+}
+
+/// Counters of this instance, for `/v1/stats`.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Webhooks published.
+    pub webhooks_accepted: AtomicU64,
+    /// Redeliveries answered `duplicate`.
+    pub webhooks_duplicate: AtomicU64,
+    /// Webhooks refused with 401.
+    pub webhooks_unauthorized: AtomicU64,
+    /// Jobs submitted through the API.
+    pub jobs_submitted: AtomicU64,
+}
+
+/// The endpoint's shared state.
+#[derive(Debug)]
+pub struct Ingest {
+    /// Clients, names and the job store.
+    pub ctx: jetrun_host::Context,
+    /// Settings.
+    pub config: Config,
+    pub(crate) secrets: WebhookSecrets,
+    pub(crate) tokens: ApiTokens,
+    pub(crate) limiter: RateLimiter,
+    pub(crate) publisher: EventPublisher,
+    pub(crate) dedupe: kv::Store,
+    pub(crate) scale: kv::Store,
+    /// This instance's counters.
+    pub stats: Counters,
+}
+
+impl Ingest {
+    /// Checks the credentials against the mode and opens the buckets. Fails closed: no
+    /// webhook secret is [`SetupErrorKind::NoSecret`] unless `config.insecure_dev`.
+    pub async fn new(
+        ctx: jetrun_host::Context,
+        config: Config,
+        creds: Credentials,
+    ) -> Result<Arc<Self>, SetupError> {
+        if creds.webhook_secrets.is_empty() {
+            if !config.insecure_dev {
+                return Err(SetupError {
+                    kind: SetupErrorKind::NoSecret,
+                    message: format!(
+                        "no webhook secret: set {ENV_SECRET} or a secret file, or pass --insecure-dev"
+                    ),
+                });
+            }
+            warn!("INSECURE DEV MODE: no webhook secret configured; GitHub signatures are NOT checked");
+        } else {
+            info!(secrets = creds.webhook_secrets.len(), "webhook secrets loaded");
+        }
+        if creds.api_tokens.is_empty() {
+            if config.insecure_dev {
+                warn!(
+                    "INSECURE DEV MODE: no API tokens configured; the /v1 API is open to anyone who can reach it"
+                );
+            } else {
+                warn!("no API tokens configured ({ENV_TOKENS}): every /v1 request will be refused");
+            }
+        }
+        let bucket = |e: &dyn std::fmt::Display, b: &str| SetupError {
+            kind: SetupErrorKind::Bucket,
+            message: format!("bucket {b}: {e} (has `jetrun init` run?)"),
+        };
+        let (dn, sn) = (ctx.names.bucket_dedupe(), ctx.names.bucket_scale());
+        let dedupe = ctx.js.get_key_value(&dn).await.map_err(|e| bucket(&e, &dn))?;
+        let scale = ctx.js.get_key_value(&sn).await.map_err(|e| bucket(&e, &sn))?;
+        let publisher = EventPublisher::new(ctx.js.clone(), config.source.clone());
+        Ok(Arc::new(Self {
+            limiter: RateLimiter::new(config.rate_per_second, config.rate_burst),
+            ctx,
+            config,
+            secrets: creds.webhook_secrets,
+            tokens: creds.api_tokens,
+            publisher,
+            dedupe,
+            scale,
+            stats: Counters::default(),
+        }))
+    }
+}
+
+/// Every `(method, path)` the router serves, as written in `docs/openapi.yaml` (a test
+/// keeps the two in step).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("post", "/webhooks/github"),
+    ("post", "/v1/jobs"),
+    ("get", "/v1/jobs/{id}"),
+    ("delete", "/v1/jobs/{id}"),
+    ("post", "/v1/events"),
+    ("post", "/v1/scale/{service}"),
+    ("get", "/v1/stats"),
+    ("get", "/health"),
+    ("get", "/ready"),
+];
+
+/// The router: webhook endpoint, API, health and readiness.
+pub fn router(ingest: Arc<Ingest>) -> Router {
+    Router::new()
+        .route("/webhooks/github", post(github::webhook))
+        .route("/v1/jobs", post(api::submit_job))
+        .route("/v1/jobs/{id}", get(api::get_job).delete(api::cancel_job))
+        .route("/v1/events", post(api::post_event))
+        .route("/v1/scale/{service}", post(api::scale))
+        .route("/v1/stats", get(api::stats))
+        .route("/health", get(api::health))
+        .route("/ready", get(api::ready))
+        .fallback(api::not_found)
+        .layer(axum::middleware::from_fn(trace_request))
+        .with_state(ingest)
+}
+
+/// One span per request (method, path) and one event with status and latency; bodies,
+/// signatures and tokens are never logged.
+async fn trace_request(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let span = tracing::info_span!("http", method = %req.method(), path = %req.uri().path());
+    let started = std::time::Instant::now();
+    let resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    span.in_scope(|| {
+        tracing::debug!(
+            status = resp.status().as_u16(),
+            micros = started.elapsed().as_micros() as u64,
+            "request"
+        )
+    });
+    resp
+}
+
+/// Serves `router` on `listener` until `shutdown`, then finishes requests in flight.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+/// Reads a body of at most `limit` bytes: refused on `Content-Length` before reading,
+/// and the streaming read stops at the bound (chunked bodies), so an oversized body is
+/// never buffered.
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, Problem> {
+    let too_large = || {
+        Problem::new(
+            ProblemKind::PayloadTooLarge,
+            format!("body larger than {limit} bytes"),
+        )
+    };
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > limit as u64
+    {
+        return Err(too_large());
+    }
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) => Err(Problem::new(
+            ProblemKind::BadHeader,
+            format!("body could not be read: {e}"),
+        )),
+    }
+}

@@ -1,0 +1,194 @@
+//! # jetrun-route
+//!
+//! Rules that turn webhook events into job submissions. A rules file ([`rules`], YAML,
+//! validated by `schemas/rules.json`) lists rules that match on event, action,
+//! repository, ref, branch, labels and a comment-body regex with named captures; a
+//! matching rule's job spec is rendered ([`template`]) and submitted with the
+//! idempotency key `github/<delivery>/<rule>`, so a redelivered webhook submits nothing
+//! new.
+//!
+//! [`run`] consumes `<prefix>.webhook.>` from the webhooks stream with the durable
+//! consumer `route` (created if missing) under the consumer host: a transient failure is
+//! retried, a job that cannot be rendered or is not a valid spec is dead-lettered with
+//! the reason.
+
+pub mod rules;
+pub mod template;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer;
+use jetrun_host::{ConsumerHost, HandlerError, HostConfig, Incoming};
+use jetrun_nats::submit::SubmitError;
+use jetrun_nats::{EventPublisher, PublishErrorKind};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+pub use rules::{Rules, RulesError, RulesErrorKind};
+
+/// Settings of the route function.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The rules file (default none: every event is acknowledged and nothing submitted).
+    pub rules_file: Option<PathBuf>,
+    /// Webhook events handled at once (default 16).
+    pub concurrency: usize,
+    /// How long the server waits for an ack before redelivering (default 30 s).
+    #[serde(with = "humantime_serde")]
+    pub ack_wait: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            rules_file: None,
+            concurrency: 16,
+            ack_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Route failed to start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RouteError {
+    /// The rules file was refused.
+    #[error(transparent)]
+    Rules(#[from] RulesError),
+    /// The consumer could not be created.
+    #[error(transparent)]
+    Topology(#[from] jetrun_nats::TopologyError),
+    /// The host could not bind or run.
+    #[error(transparent)]
+    Host(#[from] jetrun_host::HostError),
+}
+
+/// The durable consumer route reads webhooks with.
+pub fn consumer_config(names: &jetrun_core::Names, config: &Config) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(names.consumer_route()),
+        description: Some("route: webhook events to job submissions".into()),
+        filter_subject: names.webhook_all(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: config.ack_wait,
+        max_deliver: -1,
+        max_ack_pending: 1000,
+        ..Default::default()
+    }
+}
+
+/// The idempotency key of the job a rule submits for a delivery.
+pub fn idempotency_key(delivery: &str, rule: &str) -> String {
+    format!("github/{delivery}/{rule}")
+}
+
+/// Handles one webhook event: evaluate the rules, submit every matching job.
+pub async fn handle(
+    store: &jetrun_nats::JobStore,
+    publisher: &EventPublisher,
+    rules: &Rules,
+    msg: Incoming,
+) -> Result<(), HandlerError> {
+    let Some(event) = msg.subject.rsplit('.').next().map(str::to_string) else {
+        return Ok(());
+    };
+    let prefix = format!("{}.webhook.github.", store.names().prefix());
+    if !msg.subject.starts_with(&prefix) {
+        debug!(subject = %msg.subject, "not a GitHub webhook; nothing to route");
+        return Ok(());
+    }
+    let env = msg
+        .envelope
+        .as_ref()
+        .map_err(|e| HandlerError::permanent("invalid_event", format!("no valid CloudEvent headers: {e}")))?;
+    let payload: serde_json::Value = serde_json::from_slice(&msg.payload)
+        .map_err(|e| HandlerError::permanent("invalid_json", format!("webhook body is not JSON: {e}")))?;
+    let delivery = env.id.as_str();
+    let mut failures = Vec::new();
+    for m in rules.evaluate(&event, &payload, delivery) {
+        let mut spec = match m.job {
+            Ok(s) => s,
+            Err(reason) => {
+                warn!(rule = %m.rule, %delivery, %reason, "rule matched but its job could not be rendered");
+                failures.push(format!("rule {}: {reason}", m.rule));
+                continue;
+            }
+        };
+        spec.idempotency_key = Some(idempotency_key(delivery, &m.rule));
+        spec.labels
+            .entry("jetrun.rule".into())
+            .or_insert_with(|| m.rule.clone());
+        spec.labels
+            .entry("github.delivery".into())
+            .or_insert_with(|| delivery.to_string());
+        let source = Some(format!("github:{delivery}"));
+        match jetrun_nats::submit::submit(store, publisher, spec, env.traceparent.clone(), source).await {
+            Ok(a) => info!(rule = %m.rule, %delivery, job_id = %a.record().id, "rule submitted a job"),
+            Err(SubmitError::Invalid(e)) => failures.push(format!("rule {}: {e}", m.rule)),
+            Err(SubmitError::Publish(e)) if e.kind == PublishErrorKind::Invalid => {
+                failures.push(format!("rule {}: {e}", m.rule));
+            }
+            Err(SubmitError::Store(e)) if !e.is_transient() => failures.push(format!("rule {}: {e}", m.rule)),
+            // Transient: retry the whole event; jobs already submitted are found again
+            // by their idempotency keys.
+            Err(e) => return Err(HandlerError::retry(e.to_string(), Duration::from_secs(2))),
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(HandlerError::permanent("rule_failed", failures.join("; ")))
+    }
+}
+
+/// Loads the rules (if configured), ensures the consumer and routes until `shutdown`.
+pub async fn run(
+    ctx: jetrun_host::Context,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), RouteError> {
+    let rules = match &config.rules_file {
+        Some(p) => {
+            let r = Rules::load(p)?;
+            info!(file = %p.display(), rules = r.rules.len(), "rules loaded");
+            r
+        }
+        None => {
+            warn!("no rules file: webhook events are acknowledged and no job is submitted");
+            Rules::default()
+        }
+    };
+    let names = ctx.names.clone();
+    jetrun_nats::topology::ensure_consumer(
+        &ctx.js,
+        &names.stream_webhooks(),
+        consumer_config(&names, &config),
+    )
+    .await?;
+    let host = ConsumerHost::bind(
+        &ctx.js,
+        &names,
+        &names.stream_webhooks(),
+        &names.consumer_route(),
+        HostConfig {
+            origin: "route".into(),
+            concurrency: config.concurrency,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let shared = Arc::new((ctx.store.clone(), ctx.publisher("route"), rules));
+    host.run(
+        move |msg: Incoming| {
+            let shared = shared.clone();
+            async move { handle(&shared.0, &shared.1, &shared.2, msg).await }
+        },
+        shutdown,
+    )
+    .await?;
+    Ok(())
+}

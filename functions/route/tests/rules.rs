@@ -1,0 +1,252 @@
+//! Rules files: the bisect example, refusals with line numbers, and route end to end
+//! against a real nats-server.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use jetrun_core::{Envelope, Names};
+use jetrun_harness::NatsServer;
+use jetrun_nats::Topology;
+use jetrun_route::{Rules, RulesErrorKind};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+const BISECT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/rules/bisect.yaml");
+const FIXTURES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../../shared/fixtures/github-webhooks"
+);
+
+fn comment_payload(body: &str) -> Value {
+    let mut p: Value = serde_json::from_slice(
+        &std::fs::read(format!("{FIXTURES}/issue_comment/created.payload.json")).unwrap(),
+    )
+    .unwrap();
+    p["comment"]["body"] = Value::String(body.into());
+    p
+}
+
+#[test]
+fn the_bisect_rule_turns_a_comment_into_a_job_with_its_captures() {
+    let rules = Rules::load(Path::new(BISECT)).unwrap();
+    let p = comment_payload("/bisect v1.2.0 4f2a9c1");
+    let matched = rules.evaluate("issue_comment", &p, "d-1");
+    assert_eq!(matched.len(), 1);
+    assert_eq!(matched[0].rule, "bisect");
+    let spec = matched[0].job.clone().unwrap();
+    assert_eq!(spec.queue, "bisect");
+    assert_eq!(spec.env["GOOD"], "v1.2.0");
+    assert_eq!(spec.env["BAD"], "4f2a9c1");
+    assert_eq!(spec.env["REPO"], "Codertocat/Hello-World");
+    assert_eq!(spec.env["ISSUE"], p["issue"]["number"].to_string());
+    assert_eq!(spec.timeout_seconds, Some(3600));
+    // Other comments, actions and events do not match.
+    assert!(
+        rules
+            .evaluate("issue_comment", &comment_payload("looks good"), "d")
+            .is_empty()
+    );
+    let mut deleted = comment_payload("/bisect a b");
+    deleted["action"] = "deleted".into();
+    assert!(rules.evaluate("issue_comment", &deleted, "d").is_empty());
+    assert!(
+        rules
+            .evaluate("issues", &comment_payload("/bisect a b"), "d")
+            .is_empty()
+    );
+}
+
+#[test]
+fn match_on_branch_repository_and_labels() {
+    let yaml = r#"
+rules:
+  - name: main
+    match: { event: push, branch: main, repository: "Codertocat/*" }
+    job: { queue: ci, image: busybox, command: ["{{ branch }}", "{{ ref }}"] }
+  - name: labelled
+    match: { event: issue_comment, labels: [bug], comment: "^/retry$" }
+    job: { queue: ci, image: busybox }
+  - name: other-labels
+    match: { event: issue_comment, labels: [bug, wontfix] }
+    job: { queue: ci, image: busybox }
+"#;
+    let rules = Rules::parse(yaml, Path::new("inline.yaml")).unwrap();
+    let push: Value =
+        serde_json::from_slice(&std::fs::read(format!("{FIXTURES}/push/payload.json")).unwrap()).unwrap();
+    let branch = push["ref"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("refs/heads/")
+        .to_string();
+    let m = rules.evaluate("push", &push, "d");
+    assert_eq!(m.len(), usize::from(branch == "main"), "fixture branch {branch}");
+    let mut on_main = push.clone();
+    on_main["ref"] = "refs/heads/main".into();
+    let m = rules.evaluate("push", &on_main, "d");
+    assert_eq!(m.len(), 1);
+    assert_eq!(
+        m[0].job.as_ref().unwrap().command,
+        vec!["main", "refs/heads/main"]
+    );
+    let mut elsewhere = on_main.clone();
+    elsewhere["repository"]["full_name"] = "someone/else".into();
+    assert!(rules.evaluate("push", &elsewhere, "d").is_empty());
+    let m = rules.evaluate("issue_comment", &comment_payload("/retry"), "d");
+    assert_eq!(
+        m.iter().map(|m| m.rule.as_str()).collect::<Vec<_>>(),
+        vec!["labelled"]
+    );
+}
+
+#[test]
+fn a_missing_template_value_is_reported_not_submitted_empty() {
+    let yaml = "rules:\n  - name: r\n    match: {event: push}\n    job: {queue: q, image: x, command: ['{{ payload.nope }}']}\n";
+    let rules = Rules::parse(yaml, Path::new("r.yaml")).unwrap();
+    let m = rules.evaluate("push", &serde_json::json!({"ref": "refs/heads/x"}), "d");
+    assert!(m[0].job.as_ref().unwrap_err().contains("payload.nope"));
+}
+
+#[test]
+fn bad_rules_files_are_refused_with_file_line_and_reason() {
+    let cases: &[(&str, RulesErrorKind, usize)] = &[
+        // YAML syntax
+        ("rules:\n  - name: a\n    match: [\n", RulesErrorKind::Syntax, 4),
+        // unknown key inside a rule's match (line of the rule's match block)
+        (
+            "version: 1\nrules:\n  - name: a\n    match:\n      event: push\n      colour: red\n    job: {queue: q, image: x}\n",
+            RulesErrorKind::Schema,
+            4,
+        ),
+        // missing job
+        (
+            "rules:\n  - name: ok\n    match: {event: push}\n    job: {queue: q, image: x}\n  - name: b\n    match: {event: push}\n",
+            RulesErrorKind::Schema,
+            5,
+        ),
+        // bad name
+        (
+            "rules:\n  - name: ok\n    match: {event: push}\n    job: {queue: q, image: x}\n  - name: 'has space'\n    match: {event: push}\n    job: {queue: q, image: x}\n",
+            RulesErrorKind::Schema,
+            5,
+        ),
+        // regex that does not compile
+        (
+            "rules:\n  - name: a\n    match:\n      event: issue_comment\n      comment: '^/bisect (?P<good>'\n    job: {queue: q, image: x}\n",
+            RulesErrorKind::Regex,
+            5,
+        ),
+        // template that does not parse
+        (
+            "rules:\n  - name: a\n    match:\n      event: push\n    job:\n      queue: q\n      image: '{{ oops'\n",
+            RulesErrorKind::Template,
+            7,
+        ),
+        // a misspelt job field is refused at load, not when an event arrives
+        (
+            "rules:\n  - name: a\n    match:\n      event: push\n    job:\n      queue: q\n      image: x\n      comand: [a]\n",
+            RulesErrorKind::Schema,
+            5,
+        ),
+        // duplicate name
+        (
+            "rules:\n  - name: a\n    match: {event: push}\n    job: {queue: q, image: x}\n  - name: a\n    match: {event: push}\n    job: {queue: q, image: x}\n",
+            RulesErrorKind::DuplicateName,
+            5,
+        ),
+    ];
+    for (text, kind, line) in cases {
+        let e = Rules::parse(text, Path::new("rules/bad.yaml")).unwrap_err();
+        assert_eq!(e.kind, *kind, "{text}\n{e}");
+        assert_eq!(e.line, Some(*line), "{text}\n{e}");
+        let shown = e.to_string();
+        assert!(shown.starts_with(&format!("rules/bad.yaml:{line}: ")), "{shown}");
+    }
+    let e = Rules::load(Path::new("/nonexistent/rules.yaml")).unwrap_err();
+    assert_eq!(e.kind, RulesErrorKind::Io);
+}
+
+async fn publish_webhook(js: &jetstream::Context, event: &str, delivery: &str, msg_id: &str, body: &Value) {
+    let env = Envelope::new("dev.jetrun.webhook.github.v1", "/jetrun/ingest").with_id(delivery);
+    let mut headers = jetrun_nats::events::to_header_map(&env);
+    headers.insert("Nats-Msg-Id", msg_id);
+    js.publish_with_headers(
+        Names::default().webhook("github", event),
+        headers,
+        serde_json::to_vec(body).unwrap().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
+async fn drained(js: &jetstream::Context) {
+    let stream = js.get_stream(Names::default().stream_webhooks()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(info) = stream.consumer_info("route").await
+            && info.num_pending == 0
+            && info.num_ack_pending == 0
+            && info.delivered.stream_sequence > 0
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "route did not drain");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_submits_one_job_per_delivery_and_rule_even_when_redelivered() {
+    let server = NatsServer::start().unwrap();
+    let client = server.client().await;
+    let js = jetstream::new(client.clone());
+    Topology::new(Names::default()).apply(&js).await.unwrap();
+    let ctx = jetrun_host::Context::from_client(client, Names::default())
+        .await
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let cfg = jetrun_route::Config {
+        rules_file: Some(BISECT.into()),
+        ..Default::default()
+    };
+    let task = tokio::spawn(jetrun_route::run(ctx.clone(), cfg, shutdown.clone()));
+
+    let delivery = uuid::Uuid::new_v4().to_string();
+    let payload = comment_payload("/bisect good-sha bad-sha");
+    publish_webhook(&js, "issue_comment", &delivery, &delivery, &payload).await;
+    // The same delivery again as a separate stream message (a replay past the dedupe
+    // window), and an event no rule matches.
+    publish_webhook(&js, "issue_comment", &delivery, "replayed", &payload).await;
+    publish_webhook(
+        &js,
+        "issue_comment",
+        "other",
+        "other",
+        &comment_payload("thanks!"),
+    )
+    .await;
+    drained(&js).await;
+
+    let id = jetrun_core::job::job_id_for_key("bisect", &jetrun_route::idempotency_key(&delivery, "bisect"));
+    let (rec, _) = ctx.store.get(&id).await.unwrap().expect("the bisect job exists");
+    assert_eq!(rec.spec.env["GOOD"], "good-sha");
+    assert_eq!(rec.spec.env["BAD"], "bad-sha");
+    assert_eq!(rec.spec.labels["jetrun.rule"], "bisect");
+    assert_eq!(rec.source.as_deref(), Some(format!("github:{delivery}").as_str()));
+    let jobs = ctx.store.list("bisect", None, 100).await.unwrap();
+    assert_eq!(jobs.len(), 1, "a redelivery submits nothing new");
+    let mut s = js.get_stream(Names::default().stream_jobs()).await.unwrap();
+    assert_eq!(s.info().await.unwrap().state.messages, 1);
+    let mut dlq = js.get_stream(Names::default().stream_dlq()).await.unwrap();
+    assert_eq!(dlq.info().await.unwrap().state.messages, 0);
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
