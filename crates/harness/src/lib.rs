@@ -79,6 +79,11 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
+    /// The server's name (`server_name`), as JetStream reports it in cluster info.
+    pub fn name(&self) -> &str {
+        &self.opts.name
+    }
+
     /// Spawns the server and waits until it accepts TCP connections.
     pub fn spawn(opts: ServerOptions) -> Result<Self, HarnessError> {
         std::fs::create_dir_all(&opts.store_dir)?;

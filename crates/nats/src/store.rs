@@ -77,6 +77,45 @@ impl StoreError {
     }
 }
 
+/// How long an idempotent read keeps retrying while JetStream is briefly unreachable.
+/// Measured on a 3-node cluster after killing one node: a request in flight on the
+/// killed node's connection is lost (the client reconnects in ~0.1 s, but the request
+/// only times out), and when the stream leader dies direct gets answer "no responders"
+/// for ~1.5 s until a new leader is elected. Seconds, not minutes: callers above have
+/// their own retry with backoff.
+const READ_RETRY_FOR: Duration = Duration::from_secs(10);
+
+/// Runs an idempotent read, retrying transient failures ("no responders", timeouts)
+/// with exponential backoff for up to [`READ_RETRY_FOR`]. Each attempt gets its own
+/// timeout (1 s, doubling to 4 s) so a request lost with a dead connection is retried
+/// well before JetStream's 5 s request timeout. Writes are not retried here: a
+/// compare-and-set retried after an unknown outcome would misreport a conflict.
+async fn read_with_retry<T, E, F, Fut>(mut read: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let deadline = tokio::time::Instant::now() + READ_RETRY_FOR;
+    let mut delay = Duration::from_millis(25);
+    let mut attempt_timeout = Duration::from_secs(1);
+    loop {
+        let error = match tokio::time::timeout(attempt_timeout, read()).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {} ms", attempt_timeout.as_millis()),
+        };
+        let now = tokio::time::Instant::now();
+        if now + delay >= deadline {
+            return Err(StoreError::unavailable(error));
+        }
+        tracing::debug!(%error, retry_in_ms = delay.as_millis() as u64, "read failed; retrying");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(800));
+        attempt_timeout = (attempt_timeout * 2).min(Duration::from_secs(4));
+    }
+}
+
 impl From<TransitionError> for StoreError {
     fn from(e: TransitionError) -> Self {
         Self {
@@ -252,7 +291,8 @@ impl JobStore {
                 format!("invalid job id {id:?}"),
             ));
         }
-        match self.jobs.entry(id).await.map_err(StoreError::unavailable)? {
+        let entry = read_with_retry(|| self.jobs.entry(id)).await?;
+        match entry {
             Some(e) if e.operation == kv::Operation::Put => Ok(Some((decode(id, &e.value)?, e.revision))),
             _ => Ok(None),
         }
@@ -561,7 +601,7 @@ impl JobStore {
 
     /// The current lease of a job, with its revision.
     pub async fn lease(&self, job_id: &str) -> Result<Option<(Lease, u64)>, StoreError> {
-        match self.leases.entry(job_id).await.map_err(StoreError::unavailable)? {
+        match read_with_retry(|| self.leases.entry(job_id)).await? {
             Some(e) if e.operation == kv::Operation::Put => {
                 let l = serde_json::from_slice(&e.value)
                     .map_err(|e| StoreError::new(StoreErrorKind::Corrupt, e.to_string()))?;
@@ -600,4 +640,55 @@ impl JobStore {
 
 fn ttl_secs(ttl: Duration) -> Duration {
     Duration::from_secs(ttl.as_secs().max(1))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_lost_in_flight_is_retried_before_the_request_timeout() {
+        let calls = AtomicU32::new(0);
+        let started = tokio::time::Instant::now();
+        let got = read_with_retry(|| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                match n {
+                    // Lost with a dead connection: never answered.
+                    0 => std::future::pending::<Result<u32, String>>().await,
+                    // Leader election under way.
+                    1 | 2 => Err("503 no responders".to_string()),
+                    _ => Ok(7),
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, 7);
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+        // 1 s attempt timeout + 25 + 50 + 100 ms of backoff: far below a 5 s request timeout.
+        assert!(
+            started.elapsed() < Duration::from_millis(1_500),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_that_keeps_failing_gives_up_as_unavailable() {
+        let started = tokio::time::Instant::now();
+        let err = read_with_retry(|| async { Err::<(), _>("503 no responders") })
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind, StoreErrorKind::Unavailable);
+        assert!(err.is_transient());
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(9) && waited <= READ_RETRY_FOR,
+            "{waited:?}"
+        );
+    }
 }

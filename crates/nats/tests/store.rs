@@ -297,11 +297,45 @@ async fn topology_works_on_a_three_node_cluster() {
     assert_eq!(s.info().await.unwrap().config.num_replicas, 3);
     let store = JobStore::open(&js, &Names::default(), "/test").await.unwrap();
     store.admit(job("r3", "q")).await.unwrap();
-    // Losing one node keeps R3 state available.
+
+    // The worst single failure for the job store: its bucket's stream leader dies.
+    let mut kv_stream = js.get_stream("KV_jetrun-jobs").await.unwrap();
+    let info = kv_stream.info().await.unwrap();
+    let leader = info.cluster.clone().and_then(|c| c.leader).expect("a leader");
     let mut nodes = cluster.nodes;
-    nodes[2].kill();
-    let (rec, _) = store.get("r3").await.unwrap().unwrap();
+    let victim = nodes
+        .iter()
+        .position(|n| n.name() == leader)
+        .expect("leader is a node");
+    let killed_at = std::time::Instant::now();
+    nodes[victim].kill();
+
+    // Reads ride out the election (the store retries them); R3 state is intact.
+    let (rec, rev) = store.get("r3").await.unwrap().unwrap();
     assert_eq!(rec.status, JobStatus::Queued);
+    // Writes resume once a new leader is elected; callers retry transient errors.
+    let claim = Transition::Claim {
+        worker_id: "w".into(),
+        node_id: "n".into(),
+    };
+    let claimed = loop {
+        match store.transition_at(&rec, rev, &claim).await {
+            Ok((rec, _)) => break rec,
+            Err(e)
+                if e.kind == StoreErrorKind::Unavailable && killed_at.elapsed() < Duration::from_secs(30) =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            // A claim whose answer was lost with the old leader may have committed.
+            Err(e) if e.kind == StoreErrorKind::Conflict => break store.get("r3").await.unwrap().unwrap().0,
+            Err(e) => panic!("claim after failover: {e:?}"),
+        }
+    };
+    assert_eq!(claimed.status, JobStatus::Launching);
+    eprintln!(
+        "failover: a write succeeded {} ms after the leader died",
+        killed_at.elapsed().as_millis()
+    );
 }
 
 #[tokio::test]
