@@ -160,6 +160,16 @@ impl Names {
     pub fn job_event_all(&self) -> String {
         format!("{}.job.event.>", self.prefix)
     }
+    /// `<p>.job.callback.<queue>.<job_id>`: the terminal state change of a job that asked
+    /// for a completion callback (same body as its `job.event`), so only those jobs cost
+    /// the callbacks consumer a delivery.
+    pub fn job_callback(&self, queue: &str, job_id: &str) -> String {
+        format!("{}.job.callback.{queue}.{job_id}", self.prefix)
+    }
+    /// `<p>.job.callback.>`
+    pub fn job_callback_all(&self) -> String {
+        format!("{}.job.callback.>", self.prefix)
+    }
     /// `<p>.job.cancel.<job_id>`: core NATS, to whichever agent runs the job.
     pub fn job_cancel(&self, job_id: &str) -> String {
         format!("{}.job.cancel.{job_id}", self.prefix)

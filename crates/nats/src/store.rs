@@ -379,15 +379,26 @@ impl JobStore {
                     .with_id(format!("{}.{rev}", after.id))
                     .with_subject(after.id.clone())
                     .with_trace(after.traceparent.clone(), None);
-                let body = serde_json::to_vec(&change)
-                    .map_err(|e| StoreError::new(StoreErrorKind::Corrupt, e.to_string()))?;
+                let body = Bytes::from(
+                    serde_json::to_vec(&change)
+                        .map_err(|e| StoreError::new(StoreErrorKind::Corrupt, e.to_string()))?,
+                );
+                // A job that asked for a callback also gets its terminal change on the
+                // callback subject, and that one must be stored before we return: it is
+                // the only trigger of the callback. (Its own message id: the stream would
+                // drop a second message with the event's id as a duplicate.)
+                if after.status.is_terminal() && after.spec.callback.is_some() {
+                    let cb_env = env.clone().with_id(format!("{}.{rev}.callback", after.id));
+                    self.events
+                        .send_raw(self.names.job_callback(&after.queue, &after.id), &cb_env, body.clone())
+                        .await
+                        .map_err(StoreError::unavailable)?
+                        .await
+                        .map_err(StoreError::unavailable)?;
+                }
                 let ack = self
                     .events
-                    .send_raw(
-                        self.names.job_event(&after.queue, &after.id),
-                        &env,
-                        Bytes::from(body),
-                    )
+                    .send_raw(self.names.job_event(&after.queue, &after.id), &env, body)
                     .await
                     .map_err(StoreError::unavailable)?;
                 // The record is already committed and authoritative; the event is a

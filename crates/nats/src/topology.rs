@@ -117,9 +117,9 @@ impl Topology {
             ),
             base(
                 n.stream_job_events(),
-                vec![n.job_event_all()],
+                vec![n.job_event_all(), n.job_callback_all()],
                 days(7),
-                "job state changes, for watchers and callbacks",
+                "job state changes, for watchers; terminal changes of jobs with a callback",
             ),
             base(
                 n.stream_scale(),

@@ -19,8 +19,9 @@
 //! - **Sweep** (every `sweep_every`): a running job past its timeout by `timeout_grace`
 //!   is `timed_out` (the backstop for vanished agents); a launching or running job with no
 //!   lease for `lease_grace` is handled as a lease expiry.
-//! - **Callbacks** (durable consumer `settle-callbacks` on the job events stream): on a
-//!   terminal state change of a job with `spec.callback`, the state-change event is
+//! - **Callbacks** (durable consumer `settle-callbacks` on `<p>.job.callback.>` in the job
+//!   events stream, where the store publishes the terminal state change of a job with
+//!   `spec.callback` and nothing else): the state-change event is
 //!   published on the NATS subject, or POSTed to the HTTP URL with
 //!   `X-Jetrun-Signature-256: sha256=<hex HMAC-SHA256 of the body>` keyed by
 //!   `callback_secret` (no secret: refused, dead-lettered, never sent unsigned).
@@ -228,7 +229,9 @@ impl Settle {
         let callbacks = consumer::pull::Config {
             durable_name: Some(CALLBACK_CONSUMER.into()),
             description: Some("settle: completion callbacks".into()),
-            filter_subject: n.job_event_all(),
+            // Only terminal changes of jobs that asked for a callback are published here,
+            // so jobs without one cost this consumer nothing.
+            filter_subject: n.job_callback_all(),
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: Duration::from_secs(60),
             max_deliver: -1,
