@@ -25,6 +25,15 @@ pub enum TaskPhase {
 }
 
 impl TaskPhase {
+    /// The phases that end a task (every phase but `Started`).
+    pub const FINAL: [TaskPhase; 5] = [
+        TaskPhase::Exited,
+        TaskPhase::TimedOut,
+        TaskPhase::Stopped,
+        TaskPhase::LaunchFailed,
+        TaskPhase::Lost,
+    ];
+
     /// The snake_case name used in subjects.
     pub fn as_str(self) -> &'static str {
         match self {

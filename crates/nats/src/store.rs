@@ -390,7 +390,11 @@ impl JobStore {
                 if after.status.is_terminal() && after.spec.callback.is_some() {
                     let cb_env = env.clone().with_id(format!("{}.{rev}.callback", after.id));
                     self.events
-                        .send_raw(self.names.job_callback(&after.queue, &after.id), &cb_env, body.clone())
+                        .send_raw(
+                            self.names.job_callback(&after.queue, &after.id),
+                            &cb_env,
+                            body.clone(),
+                        )
                         .await
                         .map_err(StoreError::unavailable)?
                         .await

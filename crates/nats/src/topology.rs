@@ -338,7 +338,12 @@ pub async fn ensure_consumer(
     match s.consumer_info(&name).await {
         Ok(info) => {
             let have = &info.config;
+            let mut have_filters = have.filter_subjects.clone();
+            let mut want_filters = want.filter_subjects.clone();
+            have_filters.sort();
+            want_filters.sort();
             let differs = have.filter_subject != want.filter_subject
+                || have_filters != want_filters
                 || have.ack_wait != want.ack_wait
                 || have.max_deliver != want.max_deliver
                 || have.max_ack_pending != want.max_ack_pending

@@ -8,6 +8,10 @@
 //! `BENCH_NO_CALLBACKS` turns settle's callback consumer off).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+// The allocator the `jetrun` binary ships with, so the benchmark measures what runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

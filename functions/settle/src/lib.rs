@@ -216,7 +216,10 @@ impl Settle {
         let tasks = consumer::pull::Config {
             durable_name: Some(n.consumer_settle()),
             description: Some("settle: task lifecycle events".into()),
-            filter_subject: n.task_all(),
+            // Only the phases that end a task: dispatch records `running` itself, so
+            // `started` events (one per job) are stored for observers but never
+            // delivered to settle.
+            filter_subjects: TaskPhase::FINAL.iter().map(|p| n.task(p.as_str(), "*")).collect(),
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: Duration::from_secs(30),
             max_deliver: -1,
@@ -391,7 +394,9 @@ impl Settle {
     async fn on_task_event(&self, ev: &TaskEvent) -> Result<Outcome, StoreError> {
         let store = &self.inner.ctx.store;
         if ev.phase == TaskPhase::Started {
-            // Dispatch records `running` itself; nothing to read or write.
+            // Not delivered by settle's consumer (its filter leaves `started` out); a
+            // consumer made by an older version may still deliver some: dispatch
+            // records `running` itself, so there is nothing to read or write.
             return Ok(Outcome::Skipped);
         }
         for _ in 0..16 {

@@ -1,0 +1,239 @@
+# A complete jetrun deployment in an existing VPC:
+#
+#   GitHub ─▶ API Gateway (HTTP API) ─▶ Lambda `jetrun serve` ─┐
+#                                                              ▼
+#   ECS services: `jetrun route`, `jetrun worker`  ◀──▶  NATS JetStream (3 × EC2, R3, 3 AZs)
+#   one-shot task: `jetrun init --replicas 3` (aws ecs run-task, see output init_run_task_command)
+#   ECS cluster for job tasks (the future ECS runner) · CloudWatch dashboard and alarms
+#
+# The autoscaler: jetrun has no standalone autoscaler command yet (it runs inside
+# `jetrun dev`; `jetrun scale` only declares specs), so none is deployed here. The worker
+# service is ready for one: Terraform ignores its desired count, and the output
+# worker_scale_spec_command declares it for the ecs-service backend. See docs/deploy-aws.md.
+
+locals {
+  route_image = var.route_image != null ? var.route_image : var.image
+  base_env = {
+    JETRUN_NATS_URL   = module.nats.nats_urls
+    JETRUN_PREFIX     = var.prefix
+    JETRUN_LOG_FORMAT = "json"
+  }
+  # The long-running functions get the NATS URLs through terraform_data.init, so they are
+  # created only after `jetrun init` succeeded (route and worker exit when their streams
+  # do not exist yet, and repeated failures would trip the ECS deployment circuit breaker).
+  nats_url_after_init = var.run_init_on_apply ? terraform_data.init[0].output : module.nats.nats_urls
+  common_env          = merge(local.base_env, { JETRUN_NATS_URL = local.nats_url_after_init })
+  worker_secrets      = var.callback_secret_arn == null ? {} : { JETRUN_CALLBACK_SECRET = var.callback_secret_arn }
+  tags                = merge(var.tags, { "jetrun:deployment" = var.name })
+
+  init_run_task_command = join(" ", [
+    "aws ecs run-task",
+    "--region ${var.region}",
+    "--cluster ${aws_ecs_cluster.services.name}",
+    "--launch-type FARGATE",
+    "--task-definition ${module.init.task_definition_family}",
+    "--network-configuration 'awsvpcConfiguration={subnets=[${join(",", var.private_subnet_ids)}],securityGroups=[${aws_security_group.functions.id}],assignPublicIp=DISABLED}'",
+    "--query 'tasks[0].taskArn' --output text",
+  ])
+}
+
+# ---- Shared network and cluster for the jetrun functions ---------------------------------
+
+# Every jetrun function (Lambda and ECS tasks) is in this group; NATS admits it on 4222.
+resource "aws_security_group" "functions" {
+  name_prefix = "${var.name}-functions-"
+  description = "jetrun functions (ingest, route, worker, init): NATS clients, no inbound"
+  vpc_id      = var.vpc_id
+  tags        = merge(local.tags, { Name = "${var.name}-functions" })
+
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+# Outbound: NATS, ECR and the AWS APIs; worker jobs (process runner) may also need the
+# internet (git clone...).
+resource "aws_vpc_security_group_egress_rule" "functions" {
+  security_group_id = aws_security_group.functions.id
+  description       = "Outbound: NATS, ECR, AWS APIs, job traffic"
+  ip_protocol       = "-1"
+  cidr_ipv4         = "0.0.0.0/0"
+  tags              = local.tags
+}
+
+resource "aws_ecs_cluster" "services" {
+  name = "${var.name}-services"
+
+  setting {
+    name  = "containerInsights"
+    value = "enabled"
+  }
+
+  tags = local.tags
+}
+
+# ---- NATS -------------------------------------------------------------------------------
+
+module "nats" {
+  source = "../../modules/nats-cluster"
+
+  name                      = "${var.name}-nats"
+  vpc_id                    = var.vpc_id
+  subnet_ids                = var.private_subnet_ids
+  instance_type             = var.nats_instance_type
+  nats_server_version       = var.nats_server_version
+  store_volume_size_gib     = var.nats_store_volume_size_gib
+  kms_key_arn               = var.kms_key_arn
+  dns_zone_name             = "nats.${var.name}.internal"
+  prefix                    = var.prefix
+  client_security_group_ids = [aws_security_group.functions.id]
+  client_cidr_blocks        = var.operator_cidr_blocks
+  monitoring_cidr_blocks    = var.operator_cidr_blocks
+  tags                      = local.tags
+}
+
+# ---- Job tasks (ECS cluster for the ECS runner) ------------------------------------------
+
+module "job_tasks" {
+  source = "../../modules/job-tasks"
+
+  name               = "${var.name}-jobs"
+  vpc_id             = var.vpc_id
+  log_retention_days = var.log_retention_days
+  tags               = local.tags
+}
+
+# ---- jetrun init: a one-shot task ---------------------------------------------------------
+
+module "init" {
+  source = "../../modules/jetrun-service"
+
+  name           = "${var.name}-init"
+  create_service = false
+  cluster_arn    = aws_ecs_cluster.services.arn
+  image          = var.image
+  command        = ["init"]
+  environment = merge(local.base_env, {
+    JETRUN_REPLICAS = "3"
+    JETRUN_QUEUES   = join(",", var.queues)
+  })
+  subnet_ids         = var.private_subnet_ids
+  security_group_ids = [aws_security_group.functions.id]
+  log_retention_days = var.log_retention_days
+  tags               = local.tags
+}
+
+# Runs the init task during `terraform apply` (needs bash and the AWS CLI v2 where Terraform
+# runs; set run_init_on_apply = false to run output init_run_task_command yourself). It runs
+# again whenever the init task definition changes (new image, new settings): init is
+# idempotent. The NATS nodes may still be booting on the first apply, hence the retries.
+resource "terraform_data" "init" {
+  count = var.run_init_on_apply ? 1 : 0
+
+  input            = module.nats.nats_urls
+  triggers_replace = [module.init.task_definition_arn]
+
+  provisioner "local-exec" {
+    interpreter = ["/bin/bash", "-c"]
+    command     = <<-EOT
+      set -euo pipefail
+      for attempt in 1 2 3 4 5 6 7 8 9 10; do
+        task=$(${local.init_run_task_command})
+        aws ecs wait tasks-stopped --region ${var.region} --cluster ${aws_ecs_cluster.services.name} --tasks "$task"
+        code=$(aws ecs describe-tasks --region ${var.region} --cluster ${aws_ecs_cluster.services.name} --tasks "$task" \
+          --query 'tasks[0].containers[0].exitCode' --output text)
+        if [ "$code" = "0" ]; then echo "jetrun init: done"; exit 0; fi
+        echo "jetrun init exited with $code (attempt $attempt of 10; logs: ${module.init.log_group_name}); retrying in 30 s" >&2
+        sleep 30
+      done
+      exit 1
+    EOT
+  }
+}
+
+# ---- route --------------------------------------------------------------------------------
+
+module "route" {
+  source = "../../modules/jetrun-service"
+
+  name          = "${var.name}-route"
+  cluster_arn   = aws_ecs_cluster.services.arn
+  image         = local.route_image
+  command       = ["route"]
+  desired_count = var.route_desired_count
+  environment = merge(local.common_env, {
+    JETRUN_RULES = var.route_rules_path
+  })
+  subnet_ids         = var.private_subnet_ids
+  security_group_ids = [aws_security_group.functions.id]
+  log_retention_days = var.log_retention_days
+  tags               = local.tags
+}
+
+# ---- worker: dispatch + node agent + settle -----------------------------------------------
+
+module "worker" {
+  source = "../../modules/jetrun-service"
+
+  name          = "${var.name}-worker"
+  cluster_arn   = aws_ecs_cluster.services.arn
+  image         = var.image
+  command       = ["worker"]
+  cpu           = var.worker_cpu
+  memory        = var.worker_memory
+  desired_count = var.worker_desired_count
+  environment = merge(local.common_env, {
+    JETRUN_QUEUES              = join(",", var.queues)
+    JETRUN_RUNNER              = var.worker_runner
+    JETRUN_MAX_CONCURRENT_JOBS = tostring(var.worker_max_concurrent_jobs)
+    JETRUN_DATA_DIR            = "/var/lib/jetrun/worker"
+  })
+  secrets            = local.worker_secrets
+  subnet_ids         = var.private_subnet_ids
+  security_group_ids = [aws_security_group.functions.id]
+  # For the ECS runner: start, watch and stop job tasks in the job cluster.
+  task_role_policy_jsons = {
+    run-job-tasks = module.job_tasks.worker_policy_json
+  }
+  log_retention_days = var.log_retention_days
+  tags               = local.tags
+}
+
+# ---- ingest: jetrun serve on Lambda --------------------------------------------------------
+
+module "ingest" {
+  source = "../../modules/ingest-lambda"
+
+  name                           = "${var.name}-ingest"
+  image_uri                      = var.image
+  nats_url                       = local.nats_url_after_init
+  environment                    = { JETRUN_PREFIX = var.prefix }
+  reserved_concurrent_executions = var.lambda_reserved_concurrency
+  secret_arns = {
+    JETRUN_GITHUB_WEBHOOK_SECRET = var.github_webhook_secret_arn
+    JETRUN_API_TOKENS            = var.api_tokens_secret_arn
+  }
+  kms_key_arn        = var.kms_key_arn
+  subnet_ids         = var.private_subnet_ids
+  security_group_ids = [aws_security_group.functions.id]
+  log_retention_days = var.log_retention_days
+  tags               = local.tags
+}
+
+# ---- Dashboard and alarms ---------------------------------------------------------------
+
+module "observability" {
+  source = "../../modules/observability"
+
+  name             = var.name
+  ecs_cluster_name = aws_ecs_cluster.services.name
+  ecs_services = {
+    route  = module.route.service_name
+    worker = module.worker.service_name
+  }
+  lambda_functions = { ingest = module.ingest.function_name }
+  http_apis        = { ingest = module.ingest.api_id }
+  nats_instances   = module.nats.instance_ids
+  sns_topic_arn    = var.alarm_sns_topic_arn
+  tags             = local.tags
+}

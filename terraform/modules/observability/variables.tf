@@ -1,0 +1,120 @@
+variable "name" {
+  description = "Name of the deployment: the dashboard, SNS topic and alarms are named after it."
+  type        = string
+  default     = "jetrun"
+
+  validation {
+    condition     = can(regex("^[a-zA-Z0-9][a-zA-Z0-9_-]{0,63}$", var.name))
+    error_message = "name must be 1-64 characters of letters, digits, '-' and '_'."
+  }
+}
+
+variable "ecs_cluster_name" {
+  description = "ECS cluster of the jetrun services (the ClusterName dimension of their metrics)."
+  type        = string
+  default     = null
+}
+
+variable "ecs_services" {
+  description = "jetrun ECS services to watch: label => service name, e.g. { route = module.route.service_name, worker = module.worker.service_name }. Needs ecs_cluster_name."
+  type        = map(string)
+  default     = {}
+}
+
+variable "lambda_functions" {
+  description = "Lambda functions to watch for errors and throttles: label => function name."
+  type        = map(string)
+  default     = {}
+}
+
+variable "http_apis" {
+  description = "API Gateway HTTP APIs to watch for 5xx answers: label => API id."
+  type        = map(string)
+  default     = {}
+}
+
+variable "load_balancers" {
+  description = "Application load balancers (e.g. in front of `jetrun serve` on ECS) to watch for 5xx answers: label => ARN suffix (app/<name>/<id>)."
+  type        = map(string)
+  default     = {}
+}
+
+variable "nats_instances" {
+  description = "NATS nodes to watch for failed EC2 status checks: label => instance id, e.g. module.nats.instance_ids."
+  type        = map(string)
+  default     = {}
+}
+
+variable "sns_topic_arn" {
+  description = "Existing SNS topic for alarm (and OK) notifications. null: the module creates one (output sns_topic_arn); subscribe to it."
+  type        = string
+  default     = null
+}
+
+variable "sns_kms_key_arn" {
+  description = "Customer-managed KMS key encrypting the created SNS topic; its key policy must allow cloudwatch.amazonaws.com kms:Decrypt and kms:GenerateDataKey*. null: no server-side encryption (alarm messages hold no secrets). The AWS-managed aws/sns key cannot be used: CloudWatch alarms cannot publish with it."
+  type        = string
+  default     = null
+}
+
+variable "ecs_cpu_threshold_percent" {
+  description = "Average CPU utilization (percent) of an ECS service that raises its alarm."
+  type        = number
+  default     = 80
+
+  validation {
+    condition     = var.ecs_cpu_threshold_percent > 0 && var.ecs_cpu_threshold_percent <= 100
+    error_message = "ecs_cpu_threshold_percent must be in (0, 100]."
+  }
+}
+
+variable "ecs_memory_threshold_percent" {
+  description = "Average memory utilization (percent) of an ECS service that raises its alarm."
+  type        = number
+  default     = 80
+
+  validation {
+    condition     = var.ecs_memory_threshold_percent > 0 && var.ecs_memory_threshold_percent <= 100
+    error_message = "ecs_memory_threshold_percent must be in (0, 100]."
+  }
+}
+
+variable "lambda_errors_threshold" {
+  description = "Lambda errors per period that raise the alarm (jetrun answers 503 on NATS trouble without erroring, so errors mean crashes or timeouts)."
+  type        = number
+  default     = 1
+}
+
+variable "http_5xx_threshold" {
+  description = "5xx answers per period (HTTP API or load balancer) that raise the alarm. jetrun answers 503 when JetStream did not acknowledge a webhook, so senders retry."
+  type        = number
+  default     = 5
+}
+
+variable "period_seconds" {
+  description = "Period of every alarm's metric (seconds)."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = contains([10, 30, 60, 120, 300, 600, 900, 3600], var.period_seconds)
+    error_message = "period_seconds must be 10, 30, 60, 120, 300, 600, 900 or 3600."
+  }
+}
+
+variable "evaluation_periods" {
+  description = "Consecutive breaching periods before an alarm fires."
+  type        = number
+  default     = 5
+
+  validation {
+    condition     = var.evaluation_periods >= 1
+    error_message = "evaluation_periods must be at least 1."
+  }
+}
+
+variable "tags" {
+  description = "Tags added to every resource of the module that supports them."
+  type        = map(string)
+  default     = {}
+}

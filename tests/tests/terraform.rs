@@ -1,0 +1,1068 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The Terraform under `terraform/` (AWS modules and the example root module), checked
+//! without `terraform`: every file parses as HCL, every module documents its interface,
+//! the example calls the modules the way `terraform validate` would accept (known
+//! variables only, every required one given, outputs and templates that exist), and the
+//! properties an operator reviews hold: encrypted volumes, a durable JetStream config,
+//! log retention, the autoscaler owning desired counts, the webhook route, and an IAM
+//! policy for the worker without wildcard actions.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use hcl::expr::{Operation, TraversalOperator};
+use hcl::template::{Directive, Element};
+use hcl::{Block, Body, Expression, ObjectKey, Template};
+
+const MODULES: [&str; 5] = [
+    "nats-cluster",
+    "jetrun-service",
+    "ingest-lambda",
+    "job-tasks",
+    "observability",
+];
+const EXAMPLE: &str = "examples/complete";
+
+/// `module` arguments that are not input variables.
+const META_ARGUMENTS: [&str; 6] = [
+    "source",
+    "version",
+    "providers",
+    "count",
+    "for_each",
+    "depends_on",
+];
+
+/// Resource types of the AWS provider that take `tags`.
+const TAGGABLE: [&str; 20] = [
+    "aws_instance",
+    "aws_ebs_volume",
+    "aws_security_group",
+    "aws_vpc_security_group_ingress_rule",
+    "aws_vpc_security_group_egress_rule",
+    "aws_route53_zone",
+    "aws_iam_role",
+    "aws_iam_instance_profile",
+    "aws_cloudwatch_log_group",
+    "aws_ecs_cluster",
+    "aws_ecs_service",
+    "aws_ecs_task_definition",
+    "aws_lambda_function",
+    "aws_apigatewayv2_api",
+    "aws_apigatewayv2_stage",
+    "aws_cloudwatch_event_rule",
+    "aws_cloudwatch_metric_alarm",
+    "aws_sns_topic",
+    "aws_kms_key",
+    "aws_lb",
+];
+
+fn terraform_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../terraform")
+}
+
+fn module_path(name: &str) -> PathBuf {
+    terraform_root().join("modules").join(name)
+}
+
+/// Every file under `dir` (recursively) whose name ends with `suffix`, sorted.
+fn files_ending(dir: &Path, suffix: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("reading {}: {e}", d.display())) {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.to_string_lossy().ends_with(suffix) {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn parse_file(path: &Path) -> (String, Body) {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let body = hcl::parse(&text).unwrap_or_else(|e| panic!("{} does not parse as HCL: {e}", path.display()));
+    (text, body)
+}
+
+/// The `.tf` files of one Terraform module (one directory, not recursive).
+struct Module {
+    dir: PathBuf,
+    files: Vec<(PathBuf, String, Body)>,
+}
+
+impl Module {
+    fn load(dir: &Path) -> Module {
+        let mut files = Vec::new();
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("reading module {}: {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "tf"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            let (text, body) = parse_file(&path);
+            files.push((path, text, body));
+        }
+        assert!(!files.is_empty(), "{} holds no .tf file", dir.display());
+        Module {
+            dir: dir.to_path_buf(),
+            files,
+        }
+    }
+
+    fn named(name: &str) -> Module {
+        Module::load(&module_path(name))
+    }
+
+    fn example() -> Module {
+        Module::load(&terraform_root().join(EXAMPLE))
+    }
+
+    fn label(&self) -> String {
+        self.dir
+            .strip_prefix(terraform_root())
+            .unwrap_or(&self.dir)
+            .display()
+            .to_string()
+    }
+
+    /// Top-level blocks of one kind (`resource`, `variable`, ...) across the module's files.
+    fn blocks<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Block> + 'a {
+        self.files
+            .iter()
+            .flat_map(|(_, _, body)| body.blocks())
+            .filter(move |b| b.identifier() == kind)
+    }
+
+    /// `resource "<ty>" "<name>"` blocks of one type.
+    fn resources<'a>(&'a self, ty: &'a str) -> Vec<&'a Block> {
+        self.blocks("resource").filter(|b| label(b, 0) == ty).collect()
+    }
+
+    fn resource(&self, ty: &str, name: &str) -> &Block {
+        self.blocks("resource")
+            .find(|b| label(b, 0) == ty && label(b, 1) == name)
+            .unwrap_or_else(|| panic!("{}: no resource {ty}.{name}", self.label()))
+    }
+
+    fn data(&self, ty: &str, name: &str) -> &Block {
+        self.blocks("data")
+            .find(|b| label(b, 0) == ty && label(b, 1) == name)
+            .unwrap_or_else(|| panic!("{}: no data {ty}.{name}", self.label()))
+    }
+
+    fn variables(&self) -> BTreeMap<String, &Block> {
+        self.blocks("variable")
+            .map(|b| (label(b, 0).to_string(), b))
+            .collect()
+    }
+
+    /// Variables without a default: every caller must set them.
+    fn required_variables(&self) -> BTreeSet<String> {
+        self.variables()
+            .into_iter()
+            .filter(|(_, b)| attr(b.body(), "default").is_none())
+            .map(|(n, _)| n)
+            .collect()
+    }
+
+    fn outputs(&self) -> BTreeSet<String> {
+        self.blocks("output").map(|b| label(b, 0).to_string()).collect()
+    }
+
+    fn locals(&self) -> BTreeSet<String> {
+        self.blocks("locals")
+            .flat_map(|b| b.body().attributes().map(|a| a.key().to_string()))
+            .collect()
+    }
+
+    fn local(&self, name: &str) -> &Expression {
+        self.blocks("locals")
+            .find_map(|b| attr(b.body(), name))
+            .unwrap_or_else(|| panic!("{}: no local {name}", self.label()))
+    }
+
+    /// Every block at any depth (resources, their nested blocks, dynamic contents).
+    fn all_blocks(&self) -> Vec<&Block> {
+        fn collect<'a>(body: &'a Body, out: &mut Vec<&'a Block>) {
+            for b in body.blocks() {
+                out.push(b);
+                collect(b.body(), out);
+            }
+        }
+        let mut out = Vec::new();
+        for (_, _, body) in &self.files {
+            collect(body, &mut out);
+        }
+        out
+    }
+
+    /// Every expression at any depth (attribute values and their sub-expressions).
+    fn all_expressions(&self) -> Vec<&Expression> {
+        fn from_body<'a>(body: &'a Body, out: &mut Vec<&'a Expression>) {
+            for a in body.attributes() {
+                walk(a.expr(), out);
+            }
+            for b in body.blocks() {
+                from_body(b.body(), out);
+            }
+        }
+        let mut out = Vec::new();
+        for (_, _, body) in &self.files {
+            from_body(body, &mut out);
+        }
+        out
+    }
+}
+
+fn label(b: &Block, i: usize) -> &str {
+    b.labels().get(i).map(|l| l.as_str()).unwrap_or("")
+}
+
+fn attr<'a>(body: &'a Body, key: &str) -> Option<&'a Expression> {
+    body.attributes().find(|a| a.key() == key).map(|a| a.expr())
+}
+
+fn nested<'a>(body: &'a Body, kind: &str) -> Vec<&'a Block> {
+    body.blocks().filter(|b| b.identifier() == kind).collect()
+}
+
+/// `e` and all its sub-expressions, depth first.
+fn walk<'a>(e: &'a Expression, out: &mut Vec<&'a Expression>) {
+    out.push(e);
+    match e {
+        Expression::Array(items) => items.iter().for_each(|i| walk(i, out)),
+        Expression::Object(obj) => {
+            for (k, v) in obj {
+                if let ObjectKey::Expression(k) = k {
+                    walk(k, out);
+                }
+                walk(v, out);
+            }
+        }
+        Expression::Traversal(t) => {
+            walk(&t.expr, out);
+            for op in &t.operators {
+                if let TraversalOperator::Index(i) = op {
+                    walk(i, out);
+                }
+            }
+        }
+        Expression::FuncCall(f) => f.args.iter().for_each(|a| walk(a, out)),
+        Expression::Parenthesis(p) => walk(p, out),
+        Expression::Conditional(c) => {
+            walk(&c.cond_expr, out);
+            walk(&c.true_expr, out);
+            walk(&c.false_expr, out);
+        }
+        Expression::Operation(op) => match op.as_ref() {
+            Operation::Unary(u) => walk(&u.expr, out),
+            Operation::Binary(b) => {
+                walk(&b.lhs_expr, out);
+                walk(&b.rhs_expr, out);
+            }
+        },
+        Expression::ForExpr(f) => {
+            walk(&f.collection_expr, out);
+            if let Some(k) = &f.key_expr {
+                walk(k, out);
+            }
+            walk(&f.value_expr, out);
+            if let Some(c) = &f.cond_expr {
+                walk(c, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The string literals of an array expression (other elements are skipped).
+fn strings(e: &Expression) -> Vec<String> {
+    match e {
+        Expression::Array(items) => items
+            .iter()
+            .filter_map(|i| match i {
+                Expression::String(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn object_keys(e: &Expression) -> BTreeSet<String> {
+    match e {
+        Expression::Object(obj) => obj
+            .keys()
+            .map(|k| match k {
+                ObjectKey::Identifier(i) => i.as_str().to_string(),
+                ObjectKey::Expression(Expression::String(s)) => s.clone(),
+                ObjectKey::Expression(other) => other.to_string(),
+                other => format!("{other:?}"),
+            })
+            .collect(),
+        _ => BTreeSet::new(),
+    }
+}
+
+/// Identifiers that follow `prefix` (e.g. `var.`) in Terraform source, outside comments.
+fn references(text: &str, prefix: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for line in text.lines() {
+        let code = line.trim_start();
+        if code.starts_with('#') || code.starts_with("//") {
+            continue;
+        }
+        let mut rest = line;
+        while let Some(pos) = rest.find(prefix) {
+            let before = rest[..pos].chars().last();
+            let after = &rest[pos + prefix.len()..];
+            let ident: String = after
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+                .collect();
+            let boundary = before.is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'));
+            if boundary && !ident.is_empty() {
+                out.insert(ident);
+            }
+            rest = &rest[pos + prefix.len()..];
+        }
+    }
+    out
+}
+
+fn is_wildcard_action(action: &str) -> bool {
+    action == "*" || action.ends_with(":*")
+}
+
+fn all_modules() -> Vec<Module> {
+    MODULES.iter().map(|m| Module::named(m)).collect()
+}
+
+// ---- Files and interfaces ----------------------------------------------------------------
+
+#[test]
+fn every_terraform_file_parses() {
+    let root = terraform_root();
+    let tf = files_ending(&root, ".tf");
+    // 5 modules and the example, each with at least main, variables, outputs and versions.
+    assert!(
+        tf.len() >= 24,
+        "expected the modules' and the example's .tf files, found {}",
+        tf.len()
+    );
+    let mut failures = Vec::new();
+    for path in tf.iter().chain(files_ending(&root, ".tfvars.example").iter()) {
+        let text = std::fs::read_to_string(path).unwrap();
+        if let Err(e) = hcl::parse(&text) {
+            failures.push(format!("{}: {e}", path.display()));
+        }
+    }
+    let templates = files_ending(&root, ".tftpl");
+    assert!(
+        !templates.is_empty(),
+        "the nats-cluster module renders its config from templates"
+    );
+    for path in &templates {
+        let text = std::fs::read_to_string(path).unwrap();
+        if let Err(e) = text.parse::<Template>() {
+            failures.push(format!("{} (template): {e}", path.display()));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "files that do not parse:\n{}",
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn every_module_has_the_standard_files_and_documents_its_interface() {
+    let mut problems = Vec::new();
+    let dirs: Vec<PathBuf> = MODULES
+        .iter()
+        .map(|m| module_path(m))
+        .chain([terraform_root().join(EXAMPLE)])
+        .collect();
+    for dir in &dirs {
+        for file in ["main.tf", "variables.tf", "outputs.tf", "versions.tf"] {
+            if !dir.join(file).is_file() {
+                problems.push(format!("{}: missing {file}", dir.display()));
+            }
+        }
+        let m = Module::load(dir);
+        let name = m.label();
+
+        let terraform = m.blocks("terraform").next();
+        let required_version = terraform.and_then(|t| attr(t.body(), "required_version"));
+        if !matches!(required_version, Some(Expression::String(v)) if v == ">= 1.6") {
+            problems.push(format!("{name}: terraform.required_version must be \">= 1.6\""));
+        }
+        let aws = terraform
+            .and_then(|t| nested(t.body(), "required_providers").into_iter().next())
+            .and_then(|p| attr(p.body(), "aws"));
+        let aws = aws.map(|e| e.to_string()).unwrap_or_default();
+        if !(aws.contains("hashicorp/aws") && aws.contains("~> 5.")) {
+            problems.push(format!(
+                "{name}: required_providers.aws must be hashicorp/aws ~> 5.x, is {aws:?}"
+            ));
+        }
+
+        let variables = m.variables();
+        if !variables.contains_key("tags") {
+            problems.push(format!("{name}: no `tags` variable"));
+        }
+        for (var, b) in &variables {
+            match attr(b.body(), "description") {
+                Some(Expression::String(d)) if !d.trim().is_empty() => {}
+                _ => problems.push(format!("{name}: variable {var} has no description")),
+            }
+            if attr(b.body(), "type").is_none() {
+                problems.push(format!("{name}: variable {var} has no type"));
+            }
+        }
+        for out in m.blocks("output") {
+            match attr(out.body(), "description") {
+                Some(Expression::String(d)) if !d.trim().is_empty() => {}
+                _ => problems.push(format!("{name}: output {} has no description", label(out, 0))),
+            }
+        }
+        if m.outputs().is_empty() {
+            problems.push(format!("{name}: no outputs"));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn example_calls_every_module_with_exactly_its_variables() {
+    let example = Module::example();
+    let calls: Vec<&Block> = example.blocks("module").collect();
+    let called: BTreeSet<String> = calls
+        .iter()
+        .filter_map(|b| match attr(b.body(), "source") {
+            Some(Expression::String(s)) => s.rsplit('/').next().map(str::to_string),
+            _ => None,
+        })
+        .collect();
+    for m in MODULES {
+        assert!(called.contains(m), "the example does not use module {m}");
+    }
+
+    let mut problems = Vec::new();
+    for call in calls {
+        let name = label(call, 0);
+        let Some(Expression::String(source)) = attr(call.body(), "source") else {
+            problems.push(format!("module.{name}: source must be a literal path"));
+            continue;
+        };
+        let dir = example.dir.join(source);
+        if !dir.join("variables.tf").is_file() {
+            problems.push(format!(
+                "module.{name}: source {source} is not a module directory"
+            ));
+            continue;
+        }
+        let target = Module::load(&dir);
+        let declared: BTreeSet<String> = target.variables().into_keys().collect();
+        let passed: BTreeSet<String> = call
+            .body()
+            .attributes()
+            .map(|a| a.key().to_string())
+            .filter(|k| !META_ARGUMENTS.contains(&k.as_str()))
+            .collect();
+        for unknown in passed.difference(&declared) {
+            problems.push(format!(
+                "module.{name}: passes {unknown}, which {source} does not declare"
+            ));
+        }
+        for missing in target.required_variables().difference(&passed) {
+            problems.push(format!(
+                "module.{name}: does not pass required variable {missing} of {source}"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn references_to_variables_locals_and_module_outputs_resolve() {
+    let mut problems = Vec::new();
+    let mut modules = all_modules();
+    modules.push(Module::example());
+    for m in &modules {
+        let text: String = m
+            .files
+            .iter()
+            .map(|(_, t, _)| t.as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let variables: BTreeSet<String> = m.variables().into_keys().collect();
+        for v in references(&text, "var.").difference(&variables) {
+            problems.push(format!("{}: var.{v} is not declared", m.label()));
+        }
+        for l in references(&text, "local.").difference(&m.locals()) {
+            problems.push(format!("{}: local.{l} is not defined", m.label()));
+        }
+    }
+
+    // module.<call>.<output> in the example names an output of the called module.
+    let example = Module::example();
+    let outputs_of: BTreeMap<String, BTreeSet<String>> = example
+        .blocks("module")
+        .filter_map(|b| match attr(b.body(), "source") {
+            Some(Expression::String(s)) => Some((
+                label(b, 0).to_string(),
+                Module::load(&example.dir.join(s)).outputs(),
+            )),
+            _ => None,
+        })
+        .collect();
+    let mut module_refs = 0;
+    for e in example.all_expressions() {
+        let Expression::Traversal(t) = e else { continue };
+        let Expression::Variable(root) = &t.expr else {
+            continue;
+        };
+        if root.as_str() != "module" {
+            continue;
+        }
+        let names: Vec<&str> = t
+            .operators
+            .iter()
+            .filter_map(|op| match op {
+                TraversalOperator::GetAttr(i) => Some(i.as_str()),
+                _ => None,
+            })
+            .collect();
+        let [call, output, ..] = names.as_slice() else {
+            continue;
+        };
+        module_refs += 1;
+        match outputs_of.get(*call) {
+            None => problems.push(format!("example: module.{call} is not a module call")),
+            Some(outs) if !outs.contains(*output) => {
+                problems.push(format!("example: module {call} has no output {output}"))
+            }
+            Some(_) => {}
+        }
+    }
+    assert!(
+        module_refs > 10,
+        "the example wires modules through their outputs"
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Root variable names an HCL template reads (loop variables excluded).
+fn template_variables(t: &Template, bound: &BTreeSet<String>, out: &mut BTreeSet<String>) {
+    fn expr_roots(e: &Expression, bound: &BTreeSet<String>, out: &mut BTreeSet<String>) {
+        let mut all = Vec::new();
+        walk(e, &mut all);
+        for sub in all {
+            if let Expression::Variable(v) = sub
+                && !bound.contains(v.as_str())
+            {
+                out.insert(v.as_str().to_string());
+            }
+        }
+    }
+    for element in t.elements() {
+        match element {
+            Element::Literal(_) => {}
+            Element::Interpolation(i) => expr_roots(&i.expr, bound, out),
+            Element::Directive(d) => match d.as_ref() {
+                Directive::If(d) => {
+                    expr_roots(&d.cond_expr, bound, out);
+                    template_variables(&d.true_template, bound, out);
+                    if let Some(f) = &d.false_template {
+                        template_variables(f, bound, out);
+                    }
+                }
+                Directive::For(d) => {
+                    expr_roots(&d.collection_expr, bound, out);
+                    let mut inner = bound.clone();
+                    inner.insert(d.value_var.as_str().to_string());
+                    if let Some(k) = &d.key_var {
+                        inner.insert(k.as_str().to_string());
+                    }
+                    template_variables(&d.template, &inner, out);
+                }
+            },
+        }
+    }
+}
+
+#[test]
+fn templatefile_calls_name_existing_templates_with_exactly_their_variables() {
+    let mut problems = Vec::new();
+    let mut calls = 0;
+    for m in all_modules() {
+        for e in m.all_expressions() {
+            let Expression::FuncCall(f) = e else { continue };
+            if f.name.name.as_str() != "templatefile" {
+                continue;
+            }
+            calls += 1;
+            let path = f.args.first().map(|a| a.to_string()).unwrap_or_default();
+            let Some(relative) = path.trim_matches('"').strip_prefix("${path.module}/") else {
+                problems.push(format!(
+                    "{}: templatefile path {path} is not under path.module",
+                    m.label()
+                ));
+                continue;
+            };
+            let file = m.dir.join(relative);
+            let Ok(text) = std::fs::read_to_string(&file) else {
+                problems.push(format!(
+                    "{}: template {} does not exist",
+                    m.label(),
+                    file.display()
+                ));
+                continue;
+            };
+            let template: Template = text.parse().expect("templates parse (checked above)");
+            let mut used = BTreeSet::new();
+            template_variables(&template, &BTreeSet::new(), &mut used);
+            let given = f.args.get(1).map(object_keys).unwrap_or_default();
+            for missing in used.difference(&given) {
+                problems.push(format!(
+                    "{}: {relative} uses {missing}, which the call does not pass",
+                    m.label()
+                ));
+            }
+            for unused in given.difference(&used) {
+                problems.push(format!(
+                    "{}: {relative} is passed {unused}, which it never uses",
+                    m.label()
+                ));
+            }
+        }
+    }
+    assert!(
+        calls >= 2,
+        "nats-cluster renders its config and boot script with templatefile"
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn tfvars_example_sets_every_required_variable_and_nothing_unknown() {
+    let example = Module::example();
+    let (_, body) = parse_file(&example.dir.join("terraform.tfvars.example"));
+    let set: BTreeSet<String> = body.attributes().map(|a| a.key().to_string()).collect();
+    let declared: BTreeSet<String> = example.variables().into_keys().collect();
+    let unknown: Vec<_> = set.difference(&declared).collect();
+    let missing: Vec<_> = example
+        .required_variables()
+        .into_iter()
+        .filter(|v| !set.contains(v))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "terraform.tfvars.example sets undeclared variables: {unknown:?}"
+    );
+    assert!(
+        missing.is_empty(),
+        "terraform.tfvars.example leaves required variables unset: {missing:?}"
+    );
+}
+
+#[test]
+fn every_taggable_resource_is_tagged() {
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    let mut modules = all_modules();
+    modules.push(Module::example());
+    for m in &modules {
+        for r in m.blocks("resource") {
+            if TAGGABLE.contains(&label(r, 0)) {
+                checked += 1;
+                if attr(r.body(), "tags").is_none() {
+                    problems.push(format!(
+                        "{}: {}.{} has no tags",
+                        m.label(),
+                        label(r, 0),
+                        label(r, 1)
+                    ));
+                }
+            }
+        }
+    }
+    assert!(checked > 20, "only {checked} taggable resources found");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+// ---- Security and operations properties ----------------------------------------------------
+
+#[test]
+fn nats_volumes_and_root_disks_are_encrypted() {
+    let mut volumes = 0;
+    let mut instances = 0;
+    let mut problems = Vec::new();
+    for m in all_modules() {
+        for v in m.resources("aws_ebs_volume") {
+            volumes += 1;
+            if !matches!(attr(v.body(), "encrypted"), Some(Expression::Bool(true))) {
+                problems.push(format!(
+                    "{}: aws_ebs_volume.{} is not encrypted",
+                    m.label(),
+                    label(v, 1)
+                ));
+            }
+        }
+        for i in m.resources("aws_instance") {
+            instances += 1;
+            let disks: Vec<&Block> = ["root_block_device", "ebs_block_device"]
+                .iter()
+                .flat_map(|k| nested(i.body(), k))
+                .collect();
+            if nested(i.body(), "root_block_device").is_empty() {
+                problems.push(format!(
+                    "{}: aws_instance.{} leaves its root disk unencrypted by default",
+                    m.label(),
+                    label(i, 1)
+                ));
+            }
+            for d in disks {
+                if !matches!(attr(d.body(), "encrypted"), Some(Expression::Bool(true))) {
+                    problems.push(format!(
+                        "{}: aws_instance.{}: {} not encrypted",
+                        m.label(),
+                        label(i, 1),
+                        d.identifier()
+                    ));
+                }
+            }
+            // IMDSv2 only: no credential theft through a plain GET to the metadata service.
+            let tokens = nested(i.body(), "metadata_options")
+                .first()
+                .and_then(|o| attr(o.body(), "http_tokens"))
+                .map(|e| e.to_string());
+            if tokens.as_deref() != Some("\"required\"") {
+                problems.push(format!(
+                    "{}: aws_instance.{} does not require IMDSv2",
+                    m.label(),
+                    label(i, 1)
+                ));
+            }
+        }
+    }
+    assert!(
+        volumes >= 1,
+        "the NATS store volumes must be aws_ebs_volume resources"
+    );
+    assert!(instances >= 1, "the NATS nodes must be aws_instance resources");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The top-level `name { ... }` block of a nats-server config, comments removed.
+fn conf_block(conf: &str, name: &str) -> Option<Vec<String>> {
+    let mut depth = 0i32;
+    let mut capture: Option<Vec<String>> = None;
+    for raw in conf.lines() {
+        let line = raw.split('#').next().unwrap_or("").trim();
+        if line.starts_with("%{") {
+            continue; // template directive
+        }
+        if depth == 0 && capture.is_none() && line.split_whitespace().collect::<Vec<_>>() == [name, "{"] {
+            capture = Some(Vec::new());
+        } else if let Some(c) = capture.as_mut() {
+            c.push(line.to_string());
+        }
+        depth += line.matches('{').count() as i32 - line.matches('}').count() as i32;
+        if depth == 0 && capture.is_some() {
+            return capture;
+        }
+    }
+    None
+}
+
+fn conf_value(block: &[String], key: &str) -> Option<String> {
+    block.iter().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == key).then(|| v.trim().to_string())
+    })
+}
+
+#[test]
+fn nats_config_is_a_durable_jetstream_cluster() {
+    let m = Module::named("nats-cluster");
+    let path = m.dir.join("templates/nats-server.conf.tftpl");
+    let conf = std::fs::read_to_string(&path).unwrap();
+
+    let jetstream = conf_block(&conf, "jetstream").expect("the config has a top-level jetstream block");
+    assert_eq!(
+        conf_value(&jetstream, "sync_interval").as_deref(),
+        Some("always"),
+        "JetStream must fsync every write (the default 2 minutes loses acknowledged writes on power loss)"
+    );
+    assert!(
+        conf_value(&jetstream, "store_dir").is_some_and(|d| d.starts_with("/var/lib/nats")),
+        "the store must be on the mounted EBS volume (/var/lib/nats)"
+    );
+    let cluster = conf_block(&conf, "cluster").expect("the config has a cluster block");
+    assert!(conf_value(&cluster, "name").is_some(), "the cluster has a name");
+    assert!(
+        cluster.iter().any(|l| l.contains("nats-route://")),
+        "the cluster has routes to the other nodes"
+    );
+
+    // The template is what the nodes get, and the module pins a nats-server >= 2.11.
+    let text: String = m.files.iter().map(|(_, t, _)| t.as_str()).collect();
+    assert!(
+        text.contains("templates/nats-server.conf.tftpl"),
+        "main.tf renders this template"
+    );
+    let version = m.variables()["nats_server_version"]
+        .body()
+        .attributes()
+        .find(|a| a.key() == "default")
+        .map(|a| a.expr().clone());
+    let Some(Expression::String(version)) = version else {
+        panic!("nats_server_version has a pinned default");
+    };
+    let parts: Vec<u32> = version.split('.').map(|p| p.parse().unwrap()).collect();
+    assert!(
+        parts.len() == 3 && (parts[0], parts[1]) >= (2, 11),
+        "nats-server {version} is older than 2.11"
+    );
+    let boot = std::fs::read_to_string(m.dir.join("templates/user_data.sh.tftpl")).unwrap();
+    assert!(
+        boot.contains("${nats_server_version}"),
+        "the boot script installs the pinned version"
+    );
+}
+
+#[test]
+fn log_groups_have_retention() {
+    let mut groups = 0;
+    let mut problems = Vec::new();
+    for m in all_modules() {
+        for g in m.resources("aws_cloudwatch_log_group") {
+            groups += 1;
+            match attr(g.body(), "retention_in_days") {
+                None | Some(Expression::Null) => problems.push(format!(
+                    "{}: log group {} keeps logs forever",
+                    m.label(),
+                    label(g, 1)
+                )),
+                Some(Expression::Number(n)) if n.as_u64() == Some(0) => problems.push(format!(
+                    "{}: log group {} keeps logs forever",
+                    m.label(),
+                    label(g, 1)
+                )),
+                Some(_) => {}
+            }
+        }
+    }
+    // jetrun-service, the Lambda and its API access logs, job tasks.
+    assert!(groups >= 4, "found only {groups} log groups");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+
+    // Lambda writes to /aws/lambda/<function name>: the managed group must be that one, or
+    // Lambda creates its own without retention.
+    let lambda = Module::named("ingest-lambda");
+    let function_name = attr(
+        lambda.resource("aws_lambda_function", "this").body(),
+        "function_name",
+    )
+    .unwrap()
+    .to_string();
+    let expected = format!("\"/aws/lambda/${{{function_name}}}\"");
+    let names: Vec<String> = lambda
+        .resources("aws_cloudwatch_log_group")
+        .iter()
+        .filter_map(|g| attr(g.body(), "name").map(|e| e.to_string()))
+        .collect();
+    assert!(
+        names.contains(&expected),
+        "no log group named {expected} among {names:?}"
+    );
+}
+
+#[test]
+fn ecs_services_leave_the_desired_count_to_the_autoscaler() {
+    let m = Module::named("jetrun-service");
+    let services = m.resources("aws_ecs_service");
+    assert!(!services.is_empty(), "jetrun-service defines an aws_ecs_service");
+    for s in services {
+        let ignored: Vec<String> = nested(s.body(), "lifecycle")
+            .iter()
+            .filter_map(|l| attr(l.body(), "ignore_changes"))
+            .flat_map(|e| match e {
+                Expression::Array(items) => items.iter().map(|i| i.to_string()).collect(),
+                other => vec![other.to_string()],
+            })
+            .collect();
+        assert!(
+            ignored.iter().any(|i| i == "desired_count" || i == "all"),
+            "aws_ecs_service.{} must ignore desired_count (the ecs-service autoscaler backend owns it), ignores {ignored:?}",
+            label(s, 1)
+        );
+    }
+}
+
+#[test]
+fn ingest_http_api_routes_reach_jetrun_serve() {
+    let m = Module::named("ingest-lambda");
+    let mut keys = BTreeSet::new();
+    for route in m.resources("aws_apigatewayv2_route") {
+        match attr(route.body(), "route_key") {
+            Some(Expression::String(k)) => {
+                keys.insert(k.clone());
+            }
+            Some(e) if e.to_string() == "each.value" || e.to_string() == "each.key" => {
+                // for_each = toset(local.<name>) or a literal list
+                let mut for_each = attr(route.body(), "for_each").expect("a for_each route has for_each");
+                if let Expression::FuncCall(f) = for_each
+                    && f.name.name.as_str() == "toset"
+                {
+                    for_each = &f.args[0];
+                }
+                let list = match for_each {
+                    Expression::Traversal(t) if t.expr.to_string() == "local" => match &t.operators[..] {
+                        [TraversalOperator::GetAttr(name)] => m.local(name.as_str()),
+                        _ => panic!("unexpected for_each {for_each}"),
+                    },
+                    other => other,
+                };
+                keys.extend(strings(list));
+            }
+            other => panic!("cannot resolve route_key {other:?}"),
+        }
+    }
+    for wanted in [
+        "POST /webhooks/github",
+        "ANY /v1/{proxy+}",
+        "GET /health",
+        "GET /ready",
+    ] {
+        assert!(
+            keys.contains(wanted),
+            "the HTTP API has no route {wanted:?}: {keys:?}"
+        );
+    }
+
+    let function = m.resource("aws_lambda_function", "this");
+    assert_eq!(
+        attr(function.body(), "package_type")
+            .map(|e| e.to_string())
+            .as_deref(),
+        Some("\"Image\"")
+    );
+    assert!(
+        !nested(function.body(), "vpc_config").is_empty(),
+        "the Lambda must run in the VPC to reach NATS"
+    );
+    assert!(
+        attr(function.body(), "reserved_concurrent_executions").is_some(),
+        "the Lambda's concurrency (and so its NATS connections) is bounded"
+    );
+}
+
+#[test]
+fn worker_iam_policy_runs_job_tasks_without_wildcard_actions() {
+    let m = Module::named("job-tasks");
+    let policy = m.data("aws_iam_policy_document", "worker");
+    let statements = nested(policy.body(), "statement");
+    let actions: BTreeSet<String> = statements
+        .iter()
+        .flat_map(|s| attr(s.body(), "actions").map(strings).unwrap_or_default())
+        .collect();
+    for wanted in [
+        "ecs:RunTask",
+        "ecs:DescribeTasks",
+        "ecs:StopTask",
+        "ecs:TagResource",
+        "iam:PassRole",
+    ] {
+        assert!(
+            actions.contains(wanted),
+            "the worker policy lacks {wanted}: {actions:?}"
+        );
+    }
+    for s in &statements {
+        let acts = attr(s.body(), "actions").map(strings).unwrap_or_default();
+        let resources = attr(s.body(), "resources").map(strings).unwrap_or_default();
+        assert!(
+            !resources.iter().any(|r| r == "*"),
+            "worker statement {acts:?} applies to every resource"
+        );
+        // Task operations are confined to this cluster.
+        if acts
+            .iter()
+            .any(|a| ["ecs:RunTask", "ecs:DescribeTasks", "ecs:StopTask"].contains(&a.as_str()))
+        {
+            let on_cluster = nested(s.body(), "condition").iter().any(|c| {
+                attr(c.body(), "variable").map(|v| v.to_string()).as_deref() == Some("\"ecs:cluster\"")
+            });
+            assert!(on_cluster, "{acts:?} must be conditioned on ecs:cluster");
+        }
+    }
+
+    // The example gives this policy to the worker's task role.
+    let example = Module::example();
+    let worker = example
+        .blocks("module")
+        .find(|b| label(b, 0) == "worker")
+        .expect("the example deploys a worker");
+    let policies = attr(worker.body(), "task_role_policy_jsons")
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        policies.contains("module.job_tasks.worker_policy_json"),
+        "the worker's task role must get module.job_tasks.worker_policy_json, gets {policies}"
+    );
+
+    // No IAM statement anywhere grants a wildcard action.
+    let mut wildcards = Vec::new();
+    let mut modules = all_modules();
+    modules.push(Module::example());
+    let mut statements_seen = 0;
+    for m in &modules {
+        for b in m.all_blocks() {
+            if let Some(a) = attr(b.body(), "actions") {
+                statements_seen += 1;
+                wildcards.extend(
+                    strings(a)
+                        .into_iter()
+                        .filter(|x| is_wildcard_action(x))
+                        .map(|x| format!("{}: {x}", m.label())),
+                );
+            }
+        }
+        for e in m.all_expressions() {
+            if let Expression::Object(obj) = e {
+                for (k, v) in obj {
+                    let key = match k {
+                        ObjectKey::Identifier(i) => i.as_str().to_string(),
+                        ObjectKey::Expression(e) => e.to_string().trim_matches('"').to_string(),
+                        _ => continue,
+                    };
+                    if key == "Action" || key == "NotAction" {
+                        let mut acts = strings(v);
+                        if let Expression::String(s) = v {
+                            acts.push(s.clone());
+                        }
+                        wildcards.extend(
+                            acts.into_iter()
+                                .filter(|x| is_wildcard_action(x))
+                                .map(|x| format!("{}: {x}", m.label())),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        statements_seen >= 8,
+        "found only {statements_seen} IAM statements"
+    );
+    assert!(wildcards.is_empty(), "wildcard IAM actions: {wildcards:?}");
+}
