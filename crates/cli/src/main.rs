@@ -3,7 +3,8 @@
 //! The `jetrun` command: `dev` brings the whole pipeline up on one machine; `init` creates
 //! the JetStream topology; `submit` and `jobs` work with jobs; `dlq` inspects and replays
 //! dead letters; further commands come from the functions (`serve`, `worker`, `scale`,
-//! `image`). Every command that talks to NATS takes `--nats-url` (`JETRUN_NATS_URL`).
+//! `autoscale`, `image`). Every command that talks to NATS takes `--nats-url`
+//! (`JETRUN_NATS_URL`).
 
 use clap::{Parser, Subcommand};
 
@@ -98,6 +99,20 @@ enum Command {
     Image(cmd::image::ImageCmd),
     /// Route webhook events to job submissions by a rules file (`--check` to validate one).
     Route(cmd::serve::RouteArgs),
+    /// Run the autoscaler: queue depth to replicas for every declared service (production).
+    ///
+    /// Reads each scalable service's queue, decides within the bounds declared with
+    /// `jetrun scale set`, applies it through the service's backend (local, ecs_service or
+    /// signal) and publishes `<prefix>.scale.signal.<service>`. Run two or more for
+    /// failover: one is elected through a lease in the nodes bucket and acts, the others
+    /// stand by. Stops cleanly on SIGTERM or Ctrl-C.
+    ///
+    /// Examples:
+    ///   jetrun autoscale --nats-url nats://nats:4222
+    ///   jetrun autoscale --leader-ttl 10s --data-dir /var/lib/jetrun
+    ///   jetrun autoscale --config autoscale.json --tick 1s
+    #[command(verbatim_doc_comment)]
+    Autoscale(cmd::autoscale::Args),
     // <<< commands from functions: one line each, keep this marker >>>
 }
 
@@ -116,6 +131,7 @@ async fn main() -> std::process::ExitCode {
         Command::Worker(a) => cmd::worker::run(&cli.global, a).await,
         Command::Image(a) => cmd::image::run(&cli.global, a).await,
         Command::Route(a) => cmd::serve::run_route(&cli.global, a).await,
+        Command::Autoscale(a) => cmd::autoscale::run(&cli.global, a).await,
         // <<< dispatch of commands from functions: one line each, keep this marker >>>
     };
     match result {

@@ -2,14 +2,15 @@
 #
 #   GitHub ─▶ API Gateway (HTTP API) ─▶ Lambda `jetrun serve` ─┐
 #                                                              ▼
-#   ECS services: `jetrun route`, `jetrun worker`  ◀──▶  NATS JetStream (3 × EC2, R3, 3 AZs)
+#   ECS services: `jetrun route`, `jetrun worker`,  ◀──▶  NATS JetStream (3 × EC2, R3, 3 AZs)
+#                 `jetrun autoscale` (2 tasks, one elected leader)
 #   one-shot task: `jetrun init --replicas 3` (aws ecs run-task, see output init_run_task_command)
 #   ECS cluster for job tasks (the future ECS runner) · CloudWatch dashboard and alarms
 #
-# The autoscaler: jetrun has no standalone autoscaler command yet (it runs inside
-# `jetrun dev`; `jetrun scale` only declares specs), so none is deployed here. The worker
-# service is ready for one: Terraform ignores its desired count, and the output
-# worker_scale_spec_command declares it for the ecs-service backend. See docs/deploy-aws.md.
+# The autoscaler (`jetrun autoscale`) moves services declared with `jetrun scale set`; the
+# output worker_scale_spec_command declares the worker service for its ecs-service backend
+# (UpdateService desiredCount; Terraform ignores the services' desired counts). See
+# docs/autoscale.md and docs/deploy-aws.md.
 
 locals {
   route_image = var.route_image != null ? var.route_image : var.image
@@ -199,6 +200,43 @@ module "worker" {
   tags               = local.tags
 }
 
+# ---- autoscale: queue depth to replicas ---------------------------------------------------
+
+# Two tasks for failover: they compete for the leader lease in the nodes bucket; one acts,
+# the other takes over within the lease TTL (5 s) if it dies, at once if it stops cleanly.
+module "autoscale" {
+  source = "../../modules/jetrun-service"
+
+  name          = "${var.name}-autoscale"
+  cluster_arn   = aws_ecs_cluster.services.arn
+  image         = var.image
+  command       = ["autoscale"]
+  desired_count = 2
+  # JETRUN_DATA_DIR: only the `local` backend writes there (replicas on its own host).
+  environment = merge(local.common_env, {
+    JETRUN_AUTOSCALE_ECS_REGION = var.region
+    JETRUN_DATA_DIR             = "/var/lib/jetrun/autoscale"
+  })
+  subnet_ids         = var.private_subnet_ids
+  security_group_ids = [aws_security_group.functions.id]
+  # The ecs-service backend: DescribeServices and UpdateService on this cluster's services.
+  task_role_policy_jsons = {
+    scale-services = data.aws_iam_policy_document.autoscale.json
+  }
+  log_retention_days = var.log_retention_days
+  tags               = local.tags
+}
+
+# Any service of the services cluster that a scale spec names (e.g. the workers), nothing
+# else: service ARNs are arn:<partition>:ecs:<region>:<account>:service/<cluster>/<service>.
+data "aws_iam_policy_document" "autoscale" {
+  statement {
+    sid       = "ScaleServicesOfThisCluster"
+    actions   = ["ecs:DescribeServices", "ecs:UpdateService"]
+    resources = ["${replace(aws_ecs_cluster.services.arn, ":cluster/", ":service/")}/*"]
+  }
+}
+
 # ---- ingest: jetrun serve on Lambda --------------------------------------------------------
 
 module "ingest" {
@@ -228,8 +266,9 @@ module "observability" {
   name             = var.name
   ecs_cluster_name = aws_ecs_cluster.services.name
   ecs_services = {
-    route  = module.route.service_name
-    worker = module.worker.service_name
+    route     = module.route.service_name
+    worker    = module.worker.service_name
+    autoscale = module.autoscale.service_name
   }
   lambda_functions = { ingest = module.ingest.function_name }
   http_apis        = { ingest = module.ingest.api_id }

@@ -23,8 +23,18 @@ output "worker_service_name" {
   value       = module.worker.service_name
 }
 
+output "autoscale_service_name" {
+  description = "ECS service running `jetrun autoscale` (two tasks: one elected leader acts, the other stands by); its task role may move every service of the services cluster."
+  value       = module.autoscale.service_name
+}
+
+output "autoscale_log_group_name" {
+  description = "CloudWatch log group of the autoscaler (each decision is logged as `scale decision`)."
+  value       = module.autoscale.log_group_name
+}
+
 output "worker_scaler_policy_json" {
-  description = "IAM policy letting an autoscaler with the ecs-service backend move the worker service; attach it to the role that runs the autoscaler."
+  description = "IAM policy letting an autoscaler with the ecs-service backend move the worker service only; the example's autoscale service already has a policy for the whole services cluster, so attach this to an autoscaler run elsewhere."
   value       = module.worker.scaler_policy_json
 }
 

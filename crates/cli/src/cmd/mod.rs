@@ -1,5 +1,6 @@
 //! One module per command.
 
+pub mod autoscale;
 pub mod dev;
 pub mod dlq;
 pub mod image;

@@ -1,4 +1,5 @@
-//! `jetrun scale show|set|burst|reset`, and the autoscaler component of `jetrun dev`.
+//! `jetrun scale show|set|burst|reset`, and starting the autoscaler (shared by the component
+//! of `jetrun dev` and `jetrun autoscale`).
 
 use std::path::Path;
 use std::time::Duration;
@@ -281,12 +282,92 @@ pub async fn start(
     nats_url: &str,
     shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
-    let mut cfg = jetrun_autoscale::Config::default();
-    cfg.local.data_root = data_dir.join("workers");
-    cfg.local.nats_url = Some(nats_url.to_string());
+    let cfg = deployment_config(
+        jetrun_autoscale::Config::default(),
+        &ctx.names,
+        nats_url,
+        Some(data_dir),
+    );
+    spawn_autoscaler(ctx, cfg, shutdown).await
+}
+
+/// Completes an autoscaler configuration for this deployment (`jetrun dev` and
+/// `jetrun autoscale`): with `data_dir`, the `local` backend's replicas live under
+/// `<data_dir>/workers`; they reach NATS at `nats_url` and use this deployment's prefix
+/// unless the configuration already says otherwise.
+pub fn deployment_config(
+    mut cfg: jetrun_autoscale::Config,
+    names: &jetrun_core::Names,
+    nats_url: &str,
+    data_dir: Option<&Path>,
+) -> jetrun_autoscale::Config {
+    if let Some(d) = data_dir {
+        cfg.local.data_root = d.join("workers");
+    }
+    cfg.local.nats_url.get_or_insert_with(|| nats_url.to_string());
     cfg.local
         .env
-        .insert("JETRUN_PREFIX".into(), ctx.names.prefix().to_string());
+        .entry("JETRUN_PREFIX".into())
+        .or_insert_with(|| names.prefix().to_string());
+    cfg
+}
+
+/// Checks what the autoscaler cannot run with: a zero tick or resync, a leader TTL that is
+/// not whole seconds (the server's per-key TTL is), or a lease that would lapse between two
+/// renewals (`renew_every + safety_margin` must stay below `ttl`).
+pub fn validate_config(cfg: &jetrun_autoscale::Config) -> anyhow::Result<()> {
+    let fmt = |d: Duration| humantime::format_duration(d).to_string();
+    anyhow::ensure!(!cfg.tick.is_zero(), "tick must be longer than 0");
+    anyhow::ensure!(!cfg.resync.is_zero(), "resync must be longer than 0");
+    let l = &cfg.leader;
+    anyhow::ensure!(
+        l.ttl >= Duration::from_secs(1) && l.ttl.subsec_nanos() == 0,
+        "leader ttl must be whole seconds, at least 1s (got {})",
+        fmt(l.ttl)
+    );
+    anyhow::ensure!(
+        !l.renew_every.is_zero(),
+        "leader renew_every must be longer than 0"
+    );
+    anyhow::ensure!(
+        l.renew_every + l.safety_margin < l.ttl,
+        "leader renew_every ({}) + safety_margin ({}) must be shorter than ttl ({}), or the \
+         leader would stop acting between two renewals",
+        fmt(l.renew_every),
+        fmt(l.safety_margin),
+        fmt(l.ttl)
+    );
+    anyhow::ensure!(
+        !cfg.request_consumer.is_empty(),
+        "request_consumer must not be empty"
+    );
+    Ok(())
+}
+
+/// Checks `cfg`, logs it, creates the scale-request consumer and runs the autoscaler in a
+/// task until `shutdown` (shared by `jetrun dev` and `jetrun autoscale`).
+pub async fn spawn_autoscaler(
+    ctx: &jetrun_host::Context,
+    cfg: jetrun_autoscale::Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<()>>> {
+    validate_config(&cfg)?;
+    let fmt = |d: Duration| humantime::format_duration(d).to_string();
+    tracing::info!(
+        prefix = ctx.names.prefix(),
+        tick = %fmt(cfg.tick),
+        resync = %fmt(cfg.resync),
+        leader_key = %cfg.leader.key,
+        leader_ttl = %fmt(cfg.leader.ttl),
+        leader_renew_every = %fmt(cfg.leader.renew_every),
+        leader_safety_margin = %fmt(cfg.leader.safety_margin),
+        request_consumer = %cfg.request_consumer,
+        local_data_root = %cfg.local.data_root.display(),
+        ecs_backend = cfg!(feature = "ecs"),
+        ecs_region = cfg.ecs.region.as_deref().unwrap_or("(environment)"),
+        ecs_endpoint_url = cfg.ecs.endpoint_url.as_deref().unwrap_or("(default)"),
+        "autoscaler settings"
+    );
     let scaler = jetrun_autoscale::Autoscaler::new(ctx, cfg).await?;
     scaler.ensure_request_consumer().await?;
     Ok(tokio::spawn(async move { Ok(scaler.run(shutdown).await?) }))
