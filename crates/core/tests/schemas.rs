@@ -187,7 +187,7 @@ fn not_json_and_unknown_type_are_typed() {
 #[test]
 fn github_fixtures_pass_the_webhook_schema() {
     let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/github-webhooks");
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/github-webhooks");
     let mut n = 0;
     for event in std::fs::read_dir(&dir).unwrap() {
         let event = event.unwrap();

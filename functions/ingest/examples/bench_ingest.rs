@@ -28,7 +28,7 @@ fn payloads() -> Vec<Payload> {
     let mut out = Vec::new();
     for dir in std::fs::read_dir(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures/github-webhooks"
+        "/../../fixtures/github-webhooks"
     ))
     .unwrap()
     {

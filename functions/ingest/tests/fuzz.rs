@@ -165,7 +165,7 @@ proptest! {
 fn payload_peek_agrees_with_the_schema_on_every_fixture() {
     for dir in std::fs::read_dir(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../../shared/fixtures/github-webhooks"
+        "/../../fixtures/github-webhooks"
     ))
     .unwrap()
     {

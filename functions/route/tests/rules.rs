@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 const BISECT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/rules/bisect.yaml");
 const FIXTURES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/fixtures/github-webhooks"
+    "/../../fixtures/github-webhooks"
 );
 
 fn comment_payload(body: &str) -> Value {

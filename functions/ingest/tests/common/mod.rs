@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 pub const SECRET: &str = "it's-a-secret-to-everybody";
 pub const FIXTURES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/fixtures/github-webhooks"
+    "/../../fixtures/github-webhooks"
 );
 
 pub struct Env {
