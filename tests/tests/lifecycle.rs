@@ -187,12 +187,22 @@ fn one_http_request() -> (String, std::sync::mpsc::Receiver<(String, Vec<u8>)>) 
 async fn completion_callbacks_over_nats_and_signed_http() {
     use futures::StreamExt;
     let env = Env::start().await;
-    let _w = Worker::spawn(&env, &env.dir.path().join("w"), &["--callback-secret", "s3cret"]);
-    let mut sub = env.client.subscribe("hooks.done").await.unwrap();
+    // The HTTP receiver below is on loopback, which callbacks reach only when allowed.
+    let _w = Worker::spawn(
+        &env,
+        &env.dir.path().join("w"),
+        &[
+            "--callback-secret",
+            "s3cret",
+            "--callback-allow-hosts",
+            "127.0.0.1/32",
+        ],
+    );
+    let mut sub = env.client.subscribe("callbacks.default.done").await.unwrap();
     env.client.flush().await.unwrap();
 
     let mut spec = sh("default", "exit 7");
-    spec.callback = Some(jetrun_core::job::Callback::Nats("hooks.done".into()));
+    spec.callback = Some(jetrun_core::job::Callback::Nats("callbacks.default.done".into()));
     let id = env.submit(spec).await;
     let m = tokio::time::timeout(Duration::from_secs(10), sub.next())
         .await

@@ -10,7 +10,10 @@ use std::path::{Component, Path, PathBuf};
 use std::process::Command;
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn tracked_files(root: &Path) -> Vec<PathBuf> {
@@ -59,7 +62,8 @@ fn no_tracked_file_reads_outside_the_repository() {
     let this = Path::new(file!()).file_name().unwrap().to_owned();
     let mut offences = Vec::new();
     for file in tracked_files(&root) {
-        if file.file_name() == Some(this.as_os_str()) || file.components().any(|c| c.as_os_str() == "fixtures")
+        if file.file_name() == Some(this.as_os_str())
+            || file.components().any(|c| c.as_os_str() == "fixtures")
         {
             continue;
         }
@@ -74,7 +78,9 @@ fn no_tracked_file_reads_outside_the_repository() {
         };
         let rel = file.strip_prefix(&root).unwrap().display().to_string();
         for (n, line) in text.lines().enumerate() {
-            if line.contains("shared/fixtures") || line.contains("/work/shared") || line.contains("../shared/")
+            if line.contains("shared/fixtures")
+                || line.contains("/work/shared")
+                || line.contains("../shared/")
             {
                 offences.push(format!("{rel}:{}: {}", n + 1, line.trim()));
             }

@@ -8,7 +8,9 @@
 //!   `stop_grace`, SIGKILL) and stops it when the job is cancelled.
 //! - **Events**: it publishes `dev.jetrun.task.lifecycle.v1` on
 //!   `<prefix>.task.<phase>.<job_id>` (`started`, `exited` with the exit code,
-//!   `timed_out`, `stopped`, `lost`). Settle turns them into job transitions. A final
+//!   `timed_out`, `stopped`, `lost`), each signed with the attempt's key
+//!   ([`signing`]: `Jetrun-Task-Signature`), so settle accepts only the events of the node
+//!   that runs the attempt. Settle turns them into job transitions. A final
 //!   event is published before the lease is released, so a crash in between shows up as a
 //!   lease expiry, never as a silently forgotten task.
 //! - **Cancel**: it listens on `<prefix>.job.cancel.*` (core NATS) and also re-reads each
@@ -22,6 +24,7 @@
 //!   with a per-key TTL, so the fleet is discoverable.
 
 pub mod protocol;
+pub mod signing;
 pub mod tail;
 
 use std::collections::HashMap;
@@ -32,7 +35,7 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::StreamExt;
 use jetrun_core::schema::types;
-use jetrun_core::task::{TaskEvent, TaskPhase};
+use jetrun_core::task::{AttemptKey, TaskEvent, TaskPhase};
 use jetrun_core::{JobStatus, Timestamp};
 use jetrun_host::Context;
 use jetrun_nats::store::Lease;
@@ -71,6 +74,21 @@ pub struct Config {
     /// reported `lost` and settle retries them elsewhere.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Queues whose jobs may ask for `network: true` (outbound access through the
+    /// runner's own network namespace); `*` allows every queue. Default: none (the
+    /// operator opts queues in; `jetrun dev` allows all). A job asking for network on
+    /// another queue fails with `network_not_allowed`.
+    pub network_queues: Vec<String>,
+    /// The queues this node's worker dispatches (`*`: every queue), advertised in the
+    /// node's heartbeat so producers can say when no worker serves a queue.
+    pub queues: Vec<String>,
+}
+
+impl Config {
+    /// Whether jobs of `queue` may have a network.
+    pub fn network_allowed(&self, queue: &str) -> bool {
+        self.network_queues.iter().any(|q| q == "*" || q == queue)
+    }
 }
 
 impl Default for Config {
@@ -82,6 +100,8 @@ impl Default for Config {
             node_ttl: Duration::from_secs(15),
             heartbeat_every: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(3),
+            network_queues: Vec::new(),
+            queues: Vec::new(),
         }
     }
 }
@@ -139,6 +159,10 @@ pub struct Task {
     pub cancel_requested: bool,
     /// The job's W3C traceparent, carried on its task events.
     pub traceparent: Option<String>,
+    /// The attempt's key from the job record: signs its task events. Without it (a record
+    /// claimed by an older version) events go unsigned, settle refuses them and the job
+    /// is retried when its lease ends.
+    pub attempt_key: Option<AttemptKey>,
     /// Dropped when the task has ended.
     pub guard: Option<EndGuard>,
 }
@@ -355,6 +379,7 @@ impl Agent {
             worker_id: inner.ctx.worker_id.clone(),
             runner: inner.runner.name().to_string(),
             tasks: self.running(),
+            queues: inner.config.queues.clone(),
             updated_at: jetrun_core::now(),
         };
         let Ok(body) = serde_json::to_vec(&info) else {
@@ -564,6 +589,8 @@ impl Agent {
                     lease_revision: rev,
                     cancel_requested: rec.cancel_requested,
                     traceparent: rec.traceparent.clone(),
+                    // Re-read from the record: the key is not kept on disk by the runner.
+                    attempt_key: rec.attempt_key.clone(),
                     guard: None,
                 },
                 false,
@@ -611,6 +638,7 @@ impl Inner {
             lease_revision,
             cancel_requested,
             traceparent,
+            attempt_key,
             guard,
         } = task;
         if announce {
@@ -620,7 +648,10 @@ impl Inner {
                 &task_ref,
                 Ending::new(TaskPhase::Started, None, None),
             );
-            if let Err(e) = self.publisher_publish(&ev, traceparent.as_deref()).await {
+            if let Err(e) = self
+                .publisher_publish(&ev, traceparent.as_deref(), attempt_key.as_ref())
+                .await
+            {
                 warn!(job_id = %job_id, error = %e, "started event not published");
             }
         }
@@ -645,6 +676,12 @@ impl Inner {
                         TaskPhase::Exited,
                         Some(128 + signal),
                         Some(format!("killed by signal {signal}")),
+                    ),
+                    // No status anywhere: it died with its node; retried, never an exit code.
+                    Ok(TaskStatus::Lost) => Ending::new(
+                        TaskPhase::Lost,
+                        None,
+                        Some("the task ended with no status recorded: it died with its node".into()),
                     ),
                     Ok(other) => Ending::new(TaskPhase::Lost, None, Some(format!("runner reported {other:?}"))),
                     Err(e) => Ending::new(TaskPhase::Lost, None, Some(format!("waiting for the task failed: {e}"))),
@@ -685,7 +722,10 @@ impl Inner {
         let mut delay = Duration::from_millis(200);
         let mut published = false;
         for _ in 0..10 {
-            match self.publisher_publish(&ev, traceparent.as_deref()).await {
+            match self
+                .publisher_publish(&ev, traceparent.as_deref(), attempt_key.as_ref())
+                .await
+            {
                 Ok(()) => {
                     published = true;
                     break;
@@ -776,8 +816,9 @@ impl Inner {
         &self,
         ev: &TaskEvent,
         traceparent: Option<&str>,
+        key: Option<&AttemptKey>,
     ) -> Result<(), jetrun_nats::PublishError> {
-        publish_task_event(&self.publisher, &self.ctx.names, ev, traceparent).await
+        publish_task_event(&self.publisher, &self.ctx.names, ev, traceparent, key).await
     }
 }
 
@@ -788,22 +829,59 @@ enum Keep {
 }
 
 /// Publishes a task lifecycle event on `<prefix>.task.<phase>.<job_id>`, deduplicated by
-/// job, attempt and phase, in the job's trace.
+/// job, attempt and phase, in the job's trace, signed with the attempt's `key`
+/// ([`signing`]). Without a key it goes unsigned (and settle will refuse it).
 pub async fn publish_task_event(
     publisher: &EventPublisher,
     names: &jetrun_core::Names,
     ev: &TaskEvent,
     traceparent: Option<&str>,
+    key: Option<&AttemptKey>,
 ) -> Result<(), jetrun_nats::PublishError> {
+    let phase = ev.phase.as_str();
+    let subject = names.task(phase, &ev.job_id);
+    let perr = |kind, message: String| jetrun_nats::PublishError {
+        kind,
+        subject: subject.clone(),
+        message,
+    };
+    // The id carries a tag only the key's holder can compute: a forger who publishes
+    // first under the plain id would otherwise make JetStream drop the real event as a
+    // duplicate.
+    let id = match key {
+        Some(k) => format!(
+            "{}-{}.{phase}.{}",
+            ev.job_id,
+            ev.attempt,
+            signing::id_tag(k, &ev.job_id, ev.attempt, phase)
+        ),
+        None => format!("{}-{}.{phase}", ev.job_id, ev.attempt),
+    };
     let env = publisher
         .envelope(types::TASK_LIFECYCLE)
-        .with_id(format!("{}-{}.{}", ev.job_id, ev.attempt, ev.phase.as_str()))
+        .with_id(id)
         .with_subject(ev.job_id.clone())
         .with_trace(traceparent.map(str::to_string), None);
-    publisher
-        .publish(names.task(ev.phase.as_str(), &ev.job_id), &env, ev)
+    let value =
+        serde_json::to_value(ev).map_err(|e| perr(jetrun_nats::PublishErrorKind::Encode, e.to_string()))?;
+    jetrun_core::schema::validate_value(types::TASK_LIFECYCLE, &value)
+        .map_err(|e| perr(jetrun_nats::PublishErrorKind::Invalid, e.to_string()))?;
+    // Signed over the exact bytes sent.
+    let body =
+        serde_json::to_vec(&value).map_err(|e| perr(jetrun_nats::PublishErrorKind::Encode, e.to_string()))?;
+    let mut headers = jetrun_nats::events::to_header_map(&env);
+    if let Some(k) = key {
+        let sig = signing::sign(k, types::TASK_LIFECYCLE, &subject, &body);
+        headers.insert(jetrun_core::task::SIGNATURE_HEADER, sig.as_str());
+    }
+    let ack = publisher
+        .jetstream()
+        .publish_with_headers(subject.clone(), headers, Bytes::from(body))
         .await
-        .map(|_| ())
+        .map_err(|e| perr(jetrun_nats::PublishErrorKind::Unavailable, e.to_string()))?;
+    ack.await
+        .map_err(|e| perr(jetrun_nats::PublishErrorKind::Unavailable, e.to_string()))?;
+    Ok(())
 }
 
 /// Asks the agent of `node_id` for the logs of a job.

@@ -85,6 +85,9 @@ pub struct NodeInfo {
     pub runner: String,
     /// Tasks it supervises now.
     pub tasks: usize,
+    /// The queues this node's worker dispatches (`*`: every queue).
+    #[serde(default)]
+    pub queues: Vec<String>,
     /// When this entry was written.
     pub updated_at: jetrun_core::Timestamp,
 }

@@ -6,7 +6,8 @@
 //! `autoscale`, `image`). Every command that talks to NATS takes `--nats-url`
 //! (`JETRUN_NATS_URL`).
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 // The pipeline allocates many small, short-lived buffers (headers, JSON bodies, acks);
 // glibc's malloc was ~20 % of the client's CPU in the lifecycle benchmark, mimalloc
@@ -33,9 +34,73 @@ pub struct GlobalOpts {
     #[arg(long, global = true, env = "JETRUN_PREFIX", default_value = "jetrun")]
     pub prefix: String,
 
-    /// Log format: `text` or `json`.
-    #[arg(long, global = true, env = "JETRUN_LOG_FORMAT", default_value = "text")]
+    /// Log format: `text` or `json` (logs go to stderr; `NO_COLOR` turns colours off).
+    #[arg(
+        long,
+        global = true,
+        env = "JETRUN_LOG_FORMAT",
+        default_value = "text",
+        value_parser = ["text", "json"]
+    )]
     pub log_format: String,
+}
+
+/// The exit codes of `jetrun`, as documented in `--help` and the README.
+pub mod exit {
+    /// Success (for `submit --wait`: the job succeeded).
+    pub const OK: u8 = 0;
+    /// An error of jetrun itself (connection, refused request, bad input).
+    pub const ERROR: u8 = 1;
+    /// A usage error (clap's own code).
+    pub const USAGE: u8 = 2;
+    /// `submit --wait`: the job failed without an exit code of its own (it could not
+    /// launch, its node was lost, its attempts ran out), as `docker run` uses 125.
+    pub const JOB_FAILED: u8 = 125;
+    /// `submit --wait`: the job was killed at its timeout (as `timeout(1)`).
+    pub const TIMED_OUT: u8 = 124;
+    /// `submit --wait`: the job was cancelled (128 + SIGINT).
+    pub const CANCELLED: u8 = 130;
+    /// `submit --wait --wait-timeout`: the wait ended before the job did (EX_TEMPFAIL).
+    pub const WAIT_TIMEOUT: u8 = 75;
+}
+
+/// Ends the command with this exit code; whatever needed saying was printed already.
+#[derive(Debug)]
+pub struct Exit(pub u8);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit code {}", self.0)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// The NATS URL when neither `--nats-url` nor `JETRUN_NATS_URL` is given: `NATS_URL`,
+/// then the URL of the selected `nats` CLI context (`NATS_CONTEXT`, else
+/// `~/.config/nats/context.txt`), as the `nats` tools do.
+fn fallback_nats_url() -> Option<String> {
+    if let Some(u) = std::env::var("NATS_URL").ok().filter(|u| !u.trim().is_empty()) {
+        return Some(u);
+    }
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".config")))?
+        .join("nats");
+    let name = match std::env::var("NATS_CONTEXT") {
+        Ok(n) if !n.trim().is_empty() => n,
+        _ => std::fs::read_to_string(config.join("context.txt")).ok()?,
+    };
+    let name = name.trim();
+    if name.is_empty() || name.contains('/') || name.contains("..") {
+        return None;
+    }
+    let text = std::fs::read_to_string(config.join("context").join(format!("{name}.json"))).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.get("url")
+        .and_then(|u| u.as_str())
+        .filter(|u| !u.trim().is_empty())
+        .map(str::to_string)
 }
 
 impl GlobalOpts {
@@ -56,7 +121,23 @@ impl GlobalOpts {
 /// its own isolated container; job state lives in KV buckets changed only by
 /// compare-and-set. Start with `jetrun dev`.
 #[derive(Debug, Parser)]
-#[command(name = "jetrun", version, propagate_version = true)]
+#[command(
+    name = "jetrun",
+    version,
+    propagate_version = true,
+    after_help = "\
+NATS: --nats-url, else JETRUN_NATS_URL, else NATS_URL, else the selected `nats` CLI context's URL.
+
+Exit codes:
+  0    success (submit --wait: the job succeeded)
+  1    error (connection, refused request, bad input)
+  2    usage error
+  N    submit --wait: the job's own exit code N
+  75   submit --wait-timeout: the wait ended before the job
+  124  submit --wait: the job timed out
+  125  submit --wait: the job failed without an exit code (launch failed, lost, attempts exhausted)
+  130  submit --wait: the job was cancelled"
+)]
 struct Cli {
     #[command(flatten)]
     global: GlobalOpts,
@@ -113,12 +194,28 @@ enum Command {
     ///   jetrun autoscale --config autoscale.json --tick 1s
     #[command(verbatim_doc_comment)]
     Autoscale(cmd::autoscale::Args),
+    /// Print a shell completion script: `jetrun completions bash > /etc/bash_completion.d/jetrun`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `jetrun man | man -l -`.
+    Man,
     // <<< commands from functions: one line each, keep this marker >>>
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    if matches.value_source("nats_url") == Some(ValueSource::DefaultValue)
+        && let Some(url) = fallback_nats_url()
+    {
+        cli.global.nats_url = url;
+    }
     let _telemetry = jetrun_telemetry::init(&cli.global.log_format);
     let result = match cli.command {
         Command::Dev(a) => cmd::dev::run(&cli.global, a).await,
@@ -132,13 +229,23 @@ async fn main() -> std::process::ExitCode {
         Command::Image(a) => cmd::image::run(&cli.global, a).await,
         Command::Route(a) => cmd::serve::run_route(&cli.global, a).await,
         Command::Autoscale(a) => cmd::autoscale::run(&cli.global, a).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "jetrun", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .map_err(anyhow::Error::from),
         // <<< dispatch of commands from functions: one line each, keep this marker >>>
     };
     match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Ok(()) => std::process::ExitCode::from(exit::OK),
+        Err(e) => match e.downcast_ref::<Exit>() {
+            Some(Exit(code)) => std::process::ExitCode::from(*code),
+            None => {
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::from(exit::ERROR)
+            }
+        },
     }
 }

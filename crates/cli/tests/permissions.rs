@@ -1,7 +1,16 @@
 //! The shipped least-privilege NATS configuration (`infra/nats/jetrun.conf`: one user per
-//! function) against the real binary: `init` as the operator, `serve` as `ingest`,
-//! `worker` as `worker`, and a job submitted over HTTP runs to `succeeded` with a NATS
-//! completion callback. A permission missing from the config fails this test.
+//! function) against the real binary and a real nats-server:
+//!
+//! - the happy path: `init` as the operator, `serve` as `ingest`, `route` as `route`,
+//!   `worker` as `worker`; a job submitted over HTTP (before any worker runs: the
+//!   submission must not depend on one) runs to `succeeded` with a NATS completion
+//!   callback, a webhook becomes a job through route, and a running job is cancelled over
+//!   HTTP through the lifecycle's job-control service. A permission missing from the
+//!   config fails it.
+//! - the attacks: each credential tries what a thief would (rewrite a job record or the
+//!   index, forge a task event, delete, purge or reconfigure streams, delete consumers,
+//!   stop another job) and is refused; the server state is checked as the operator after
+//!   every attempt.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -9,11 +18,13 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream;
 use futures::StreamExt;
 use jetrun_harness::{ServerOptions, ServerProcess, free_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_jetrun");
 const USERS: [&str; 5] = ["ingest", "route", "worker", "autoscale", "operator"];
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/github-webhooks");
 
 /// A child killed on drop.
 struct Proc(Child);
@@ -53,11 +64,28 @@ fn start(mut cmd: Command, dir: &std::path::Path, name: &str) -> Proc {
     }
 }
 
-fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> String {
+/// Starts a command that prints no `ready` line; waits until its log shows `marker`.
+fn start_logging(mut cmd: Command, dir: &std::path::Path, name: &str, marker: &str) -> Proc {
+    let path = dir.join(format!("{name}.log"));
+    let log = std::fs::File::create(&path).unwrap();
+    let proc = Proc(cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.contains(marker) {
+            return proc;
+        }
+        assert!(Instant::now() < deadline, "{name} did not start: {text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -66,97 +94,184 @@ fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> String {
     out
 }
 
+fn body_of(resp: &str) -> serde_json::Value {
+    serde_json::from_str(&resp[resp.find("\r\n\r\n").unwrap() + 4..]).unwrap_or_default()
+}
+
+/// A nats-server with the shipped config (passwords filled in) and `jetrun init` applied.
+struct Deployment {
+    dir: tempfile::TempDir,
+    _server: ServerProcess,
+    url: String,
+}
+
+impl Deployment {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let infra = concat!(env!("CARGO_MANIFEST_DIR"), "/../../infra/nats");
+        // The shipped config, with paths and ports moved for the test; the users (in the
+        // included accounts.conf) with passwords filled in.
+        let conf = std::fs::read_to_string(format!("{infra}/jetrun.conf"))
+            .unwrap()
+            .replace("http: 127.0.0.1:8222", "")
+            // The store directory comes from the harness (`-sd`); nats-server refuses both.
+            .replace("store_dir: /var/lib/jetrun/jetstream", "");
+        assert!(conf.contains("include ./accounts.conf"), "{conf}");
+        let mut accounts = std::fs::read_to_string(format!("{infra}/accounts.conf")).unwrap();
+        for u in USERS {
+            accounts = accounts.replace(
+                &format!("$JETRUN_{}_PASSWORD", u.to_uppercase()),
+                &format!("\"{}\"", pass(u)),
+            );
+        }
+        std::fs::write(dir.path().join("accounts.conf"), accounts).unwrap();
+        let conf_path = dir.path().join("jetrun.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let server = ServerProcess::spawn(ServerOptions {
+            addr: SocketAddr::from(([127, 0, 0, 1], free_port().unwrap())),
+            store_dir: dir.path().join("js"),
+            name: "perm".into(),
+            cluster: None,
+            log_file: dir.path().join("nats.log"),
+            extra_args: vec!["-c".into(), conf_path.display().to_string()],
+        })
+        .unwrap();
+        let url = server.url();
+        let out = jetrun(&url, "operator").arg("init").output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        Self {
+            dir,
+            _server: server,
+            url,
+        }
+    }
+
+    async fn client(&self, user: &str) -> async_nats::Client {
+        async_nats::ConnectOptions::new()
+            .user_and_password(user.into(), pass(user))
+            .connect(&self.url)
+            .await
+            .unwrap()
+    }
+
+    /// Permission violations the server logged (what a missing permission looks like).
+    fn violations(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("nats.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("Violation"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn status(&self, id: &str) -> String {
+        let out = jetrun(&self.url, "operator")
+            .args(["jobs", "get", id, "--json"])
+            .output()
+            .unwrap();
+        let rec: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        rec["status"].as_str().unwrap_or_default().to_string()
+    }
+
+    fn wait_status(&self, id: &str, want: &[&str], secs: u64) -> String {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let s = self.status(id);
+            if want.contains(&s.as_str()) || Instant::now() > deadline {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+}
+
+const TERMINAL: [&str; 4] = ["succeeded", "failed", "timed_out", "cancelled"];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_function_runs_with_only_its_own_permissions() {
-    let dir = tempfile::tempdir().unwrap();
-    // The shipped config, with passwords filled in and paths/ports moved for the test.
-    let mut conf = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../infra/nats/jetrun.conf"
-    ))
-    .unwrap()
-    .replace("http: 127.0.0.1:8222", "");
-    for u in USERS {
-        conf = conf.replace(
-            &format!("$JETRUN_{}_PASSWORD", u.to_uppercase()),
-            &format!("\"{}\"", pass(u)),
-        );
-    }
-    // The store directory comes from the harness (`-sd`); nats-server refuses both.
-    conf = conf.replace("store_dir: /var/lib/jetrun/jetstream", "");
-    let conf_path = dir.path().join("jetrun.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let server = ServerProcess::spawn(ServerOptions {
-        addr: SocketAddr::from(([127, 0, 0, 1], free_port().unwrap())),
-        store_dir: dir.path().join("js"),
-        name: "perm".into(),
-        cluster: None,
-        log_file: dir.path().join("nats.log"),
-        extra_args: vec!["-c".into(), conf_path.display().to_string()],
-    })
-    .unwrap();
-    let url = server.url();
-
-    let out = jetrun(&url, "operator").arg("init").output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let d = Deployment::start();
+    let url = d.url.clone();
+    let dir = d.dir.path();
 
     let http_addr = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
     let mut serve = jetrun(&url, "ingest");
     serve.args(["serve", "--insecure-dev", "--listen", &http_addr.to_string()]);
-    let _serve = start(serve, dir.path(), "serve");
+    let _serve = start(serve, dir, "serve");
+
+    let rules = dir.join("rules.yaml");
+    std::fs::write(
+        &rules,
+        r#"version: 1
+rules:
+  - name: perm
+    match:
+      event: issue_comment
+      comment: '^/perm-test'
+    job:
+      queue: default
+      image: host
+      command: ["true"]
+"#,
+    )
+    .unwrap();
+    let mut route = jetrun(&url, "route");
+    route.args(["route", "--rules", &rules.display().to_string()]);
+    let _route = start_logging(route, dir, "route", "consumer host started");
+
+    // The callback arrives on a subject the operator listens to.
+    let op = d.client("operator").await;
+    let mut callbacks = op.subscribe("callbacks.default.perm").await.unwrap();
+
+    // Submitted while no worker runs (the autoscaler may hold workers at zero): the API
+    // still answers with the id, and the job runs once a worker starts.
+    let resp = http(
+        http_addr,
+        "POST",
+        "/v1/jobs",
+        &[],
+        r#"{"queue":"default","image":"host","command":["true"],"callback":{"nats":"callbacks.default.perm"}}"#,
+    );
+    assert!(
+        resp.starts_with("HTTP/1.1 201") || resp.starts_with("HTTP/1.1 202"),
+        "{resp}"
+    );
+    let id = body_of(&resp)["id"].as_str().unwrap().to_string();
+    // Cancelling needs the lifecycle: without a worker it is a clear 503.
+    let resp = http(http_addr, "DELETE", &format!("/v1/jobs/{id}"), &[], "");
+    // The job may not even be admitted yet (dispatch admits it): 404 or 503, never 2xx.
+    assert!(
+        resp.starts_with("HTTP/1.1 503") || resp.starts_with("HTTP/1.1 404"),
+        "{resp}"
+    );
+
     let mut worker = jetrun(&url, "worker");
     worker.args([
         "worker",
         "--runner",
         "process",
         "--data-dir",
-        &dir.path().join("worker").display().to_string(),
+        &dir.join("worker").display().to_string(),
     ]);
-    let _worker = start(worker, dir.path(), "worker");
+    let _worker = start(worker, dir, "worker");
+    let mut autoscale = jetrun(&url, "autoscale");
+    autoscale.args([
+        "autoscale",
+        "--data-dir",
+        &dir.join("autoscale").display().to_string(),
+    ]);
+    let _autoscale = start(autoscale, dir, "autoscale");
 
-    // The callback arrives on a subject the operator listens to.
-    let op = async_nats::ConnectOptions::new()
-        .user_and_password("operator".into(), pass("operator"))
-        .connect(&url)
-        .await
-        .unwrap();
-    let mut callbacks = op.subscribe("callbacks.perm").await.unwrap();
-
-    let resp = http(
-        http_addr,
-        "POST",
-        "/v1/jobs",
-        r#"{"queue":"default","image":"host","command":["true"],"callback":{"nats":"callbacks.perm"}}"#,
-    );
-    assert!(resp.starts_with("HTTP/1.1 201"), "{resp}");
-    let body = &resp[resp.find("\r\n\r\n").unwrap() + 4..];
-    let id = serde_json::from_str::<serde_json::Value>(body).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        let out = jetrun(&url, "operator")
-            .args(["jobs", "get", &id, "--json"])
-            .output()
-            .unwrap();
-        let rec: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let status = rec["status"].as_str().unwrap_or_default().to_string();
-        if matches!(
-            status.as_str(),
-            "succeeded" | "failed" | "timed_out" | "cancelled"
-        ) || Instant::now() > deadline
-        {
-            break status;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let status = d.wait_status(&id, &TERMINAL, 30);
     assert_eq!(
         status,
         "succeeded",
-        "worker log: {}",
-        std::fs::read_to_string(dir.path().join("worker.log")).unwrap_or_default()
+        "worker log: {}\nviolations: {:#?}",
+        d.log("worker"),
+        d.violations()
     );
     let cb = tokio::time::timeout(Duration::from_secs(10), callbacks.next())
         .await
@@ -165,4 +280,251 @@ async fn each_function_runs_with_only_its_own_permissions() {
     let change: serde_json::Value = serde_json::from_slice(&cb.payload).unwrap();
     assert_eq!(change["to"], "succeeded");
     assert_eq!(change["job_id"], id.as_str());
+
+    // Reads as ingest: the record and the stats (queue depth from consumer info).
+    let resp = http(http_addr, "GET", &format!("/v1/jobs/{id}"), &[], "");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(body_of(&resp)["status"], "succeeded");
+    let resp = http(http_addr, "GET", "/v1/stats", &[], "");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+
+    // With a worker: admitted by the job-control service (201, visible at once).
+    let resp = http(
+        http_addr,
+        "POST",
+        "/v1/jobs",
+        &[],
+        r#"{"queue":"default","image":"host","command":["sleep","30"]}"#,
+    );
+    assert!(resp.starts_with("HTTP/1.1 201"), "{resp}");
+    let sleeper = body_of(&resp)["id"].as_str().unwrap().to_string();
+    assert_eq!(d.wait_status(&sleeper, &["running"], 20), "running");
+    let resp = http(http_addr, "DELETE", &format!("/v1/jobs/{sleeper}"), &[], "");
+    assert!(resp.starts_with("HTTP/1.1 202"), "{resp}");
+    assert_eq!(
+        d.wait_status(&sleeper, &TERMINAL, 30),
+        "cancelled",
+        "{}",
+        d.log("worker")
+    );
+
+    // A webhook becomes a job through route (which only publishes the submission).
+    let mut payload: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(format!("{FIXTURES}/issue_comment/created.payload.json")).unwrap(),
+    )
+    .unwrap();
+    payload["comment"]["body"] = "/perm-test".into();
+    let delivery = "5d1e3f7a-0000-4000-8000-000000000001";
+    let resp = http(
+        http_addr,
+        "POST",
+        "/webhooks/github",
+        &[
+            ("X-GitHub-Event", "issue_comment"),
+            ("X-GitHub-Delivery", delivery),
+        ],
+        &payload.to_string(),
+    );
+    assert!(resp.starts_with("HTTP/1.1 2"), "{resp}");
+    let hooked =
+        jetrun_core::job::job_id_for_key("default", &jetrun_route::idempotency_key(delivery, "perm"));
+    assert_eq!(
+        d.wait_status(&hooked, &TERMINAL, 30),
+        "succeeded",
+        "route log: {}\nworker log: {}",
+        d.log("route"),
+        d.log("worker")
+    );
+
+    assert!(
+        d.violations().is_empty(),
+        "the happy path needs no refused permission: {:#?}",
+        d.violations()
+    );
+}
+
+/// Asserts that one attack attempt was refused.
+async fn refused<T, E: std::fmt::Debug>(what: &str, r: impl std::future::IntoFuture<Output = Result<T, E>>) {
+    // Refused = an error or no answer at all (the server drops a denied publish); the
+    // operator's checks afterwards confirm nothing changed.
+    if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(5), r.into_future()).await {
+        panic!("{what}: allowed");
+    }
+}
+
+async fn js_as(d: &Deployment, user: &str) -> jetstream::Context {
+    // Short waits: a refused request is never answered, it times out.
+    jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(1))
+        .ack_timeout(Duration::from_secs(1))
+        .build(d.client(user).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stolen_credentials_cannot_rewrite_delete_purge_or_forge() {
+    let d = Deployment::start();
+    let names = jetrun_core::Names::default();
+    let op = d.client("operator").await;
+    let opjs = jetstream::new(op.clone());
+    let ctx = jetrun_host::Context::from_client(op.clone(), names.clone())
+        .await
+        .unwrap();
+
+    // A victim job and a dead letter, as the operator.
+    let spec: jetrun_core::JobSpec =
+        serde_json::from_str(r#"{"queue":"default","image":"host","command":["true"]}"#).unwrap();
+    let victim = jetrun_nats::submit::submit(&ctx.store, &ctx.publisher("cli"), spec, None, None)
+        .await
+        .unwrap()
+        .record()
+        .clone();
+    opjs.publish(names.dlq("test"), "{}".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let dlq_count = || async {
+        opjs.get_stream(names.stream_dlq())
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .messages
+    };
+    assert_eq!(dlq_count().await, 1);
+
+    let mut attempts = 0;
+    let mut cancels = op.subscribe(names.job_cancel(&victim.id)).await.unwrap();
+    for user in ["ingest", "route", "worker", "autoscale"] {
+        let client = d.client(user).await;
+        let js = js_as(&d, user).await;
+        let lifecycle = user == "worker";
+        if !lifecycle {
+            // Rewrite the victim's record or its index entry.
+            refused(
+                &format!("{user}: $KV put of a job record"),
+                js.publish(format!("$KV.{}.{}", names.bucket_jobs(), victim.id), "{}".into())
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            refused(
+                &format!("{user}: $KV put of an index entry"),
+                js.publish(
+                    format!("$KV.{}.default.succeeded.{}", names.bucket_index(), victim.id),
+                    "".into(),
+                )
+                .await
+                .unwrap(),
+            )
+            .await;
+            // Forge the victim's task result.
+            refused(
+                &format!("{user}: forged task event"),
+                js.publish(names.task("exited", &victim.id), "{}".into())
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            // Stop the victim's task (core NATS: the server drops it silently).
+            client
+                .publish(names.job_cancel(&victim.id), victim.id.clone().into())
+                .await
+                .unwrap();
+            client.flush().await.unwrap();
+            attempts += 4;
+        }
+        refused(
+            &format!("{user}: delete the DLQ stream"),
+            js.delete_stream(names.stream_dlq()),
+        )
+        .await;
+        refused(
+            &format!("{user}: delete the jobs bucket"),
+            js.delete_stream(format!("KV_{}", names.bucket_jobs())),
+        )
+        .await;
+        refused(
+            &format!("{user}: purge the DLQ"),
+            js.get_stream_no_info(names.stream_dlq()).await.unwrap().purge(),
+        )
+        .await;
+        refused(
+            &format!("{user}: purge the jobs bucket"),
+            js.get_stream_no_info(format!("KV_{}", names.bucket_jobs()))
+                .await
+                .unwrap()
+                .purge(),
+        )
+        .await;
+        let mut cfg = opjs
+            .get_stream(names.stream_dlq())
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .config
+            .clone();
+        cfg.max_age = Duration::from_secs(1);
+        refused(&format!("{user}: reconfigure the DLQ"), js.update_stream(cfg)).await;
+        refused(
+            &format!("{user}: create a stream"),
+            js.create_stream(jetstream::stream::Config {
+                name: "EVIL".into(),
+                subjects: vec!["evil.>".into()],
+                ..Default::default()
+            }),
+        )
+        .await;
+        refused(
+            &format!("{user}: delete a dispatch consumer"),
+            js.delete_consumer_from_stream(names.consumer_dispatch("default"), names.stream_jobs()),
+        )
+        .await;
+        attempts += 7;
+    }
+    assert_eq!(attempts, 3 * 4 + 4 * 7);
+
+    // Nothing changed, as the operator sees it.
+    let (rec, _) = ctx
+        .store
+        .get(&victim.id)
+        .await
+        .unwrap()
+        .expect("the victim's record");
+    assert_eq!(rec.status, victim.status);
+    assert_eq!(dlq_count().await, 1, "the DLQ was purged");
+    let mut tasks = opjs.get_stream(names.stream_tasks()).await.unwrap();
+    assert_eq!(
+        tasks.info().await.unwrap().state.messages,
+        0,
+        "a task event was forged"
+    );
+    assert!(opjs.get_stream("EVIL").await.is_err());
+    let jobs = opjs.get_stream(names.stream_jobs()).await.unwrap();
+    jobs.consumer_info(names.consumer_dispatch("default"))
+        .await
+        .expect("the dispatch consumer");
+    let idx = opjs
+        .get_stream(format!("KV_{}", names.bucket_index()))
+        .await
+        .unwrap()
+        .get_last_raw_message_by_subject(&format!(
+            "$KV.{}.default.succeeded.{}",
+            names.bucket_index(),
+            victim.id
+        ))
+        .await;
+    assert!(idx.is_err(), "a forged index entry was stored");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), cancels.next())
+            .await
+            .is_err(),
+        "a cancel of another job was delivered"
+    );
+    // Every refusal is a server-side permission violation, logged.
+    assert!(d.violations().len() >= attempts, "{:#?}", d.violations());
 }

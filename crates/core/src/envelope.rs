@@ -36,6 +36,64 @@ pub const H_CONTENT_TYPE: &str = "content-type";
 pub const SPEC_VERSION: &str = "1.0";
 /// The content type of every event body.
 pub const JSON: &str = "application/json";
+/// Longest attribute value carried in a header, in bytes. NATS and HTTP bound the total
+/// header size; this keeps one attribute from taking all of it.
+pub const MAX_ATTRIBUTE_LEN: usize = 1024;
+/// Longest `tracestate` (W3C Trace Context allows 512 characters).
+pub const MAX_TRACESTATE_LEN: usize = 512;
+/// Longest extension attribute name (CloudEvents 1.0 recommends at most 20).
+pub const MAX_EXTENSION_NAME_LEN: usize = 20;
+/// Attribute names an extension may not take: the context attributes.
+pub const RESERVED_NAMES: &[&str] = &[
+    "specversion",
+    "id",
+    "type",
+    "source",
+    "time",
+    "subject",
+    "datacontenttype",
+    "dataschema",
+    "data",
+    "data_base64",
+];
+
+/// Whether `v` can travel as a header value: visible ASCII and space only (no CR, LF,
+/// NUL or other control byte, which async-nats refuses by panicking and HTTP forbids),
+/// at most `max` bytes.
+pub fn valid_header_value(v: &str, max: usize) -> bool {
+    v.len() <= max && v.bytes().all(|b| (0x20..=0x7e).contains(&b))
+}
+
+/// Whether `name` is a valid CloudEvents extension attribute name: 1 to
+/// [`MAX_EXTENSION_NAME_LEN`] of `a-z 0-9`, and not a context attribute.
+pub fn valid_extension_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_EXTENSION_NAME_LEN
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && !RESERVED_NAMES.contains(&name)
+}
+
+/// `v` made safe for a header: every byte outside visible ASCII and space is
+/// percent-encoded and the result cut to `max` bytes. Only a last line of defence: what
+/// producers publish is checked with [`Envelope::validate`] first.
+fn header_safe(v: &str, max: usize) -> String {
+    if valid_header_value(v, max) {
+        return v.to_string();
+    }
+    let mut out = String::with_capacity(v.len().min(max));
+    for b in v.bytes() {
+        let piece = if (0x20..=0x7e).contains(&b) {
+            char::from(b).to_string()
+        } else {
+            format!("%{b:02X}")
+        };
+        if out.len() + piece.len() > max {
+            break;
+        }
+        out.push_str(&piece);
+    }
+    out
+}
 
 /// A CloudEvent's attributes. The data travels separately as the message body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +135,11 @@ pub enum EnvelopeErrorKind {
     BadTraceparent,
     /// An attribute is empty.
     Empty,
+    /// A value holds a byte that cannot travel in a header (CR, LF, NUL, another control
+    /// byte or non-ASCII), or is longer than [`MAX_ATTRIBUTE_LEN`].
+    InvalidValue,
+    /// An extension attribute name is not 1-20 of `a-z 0-9` or is a reserved name.
+    InvalidName,
 }
 
 /// An envelope could not be read from headers.
@@ -128,31 +191,78 @@ impl Envelope {
         self.traceparent.as_deref().and_then(trace_id_of)
     }
 
-    /// The headers that carry this envelope, in a stable order.
+    /// Checks that every attribute can travel as a header: `id`, `type` and `source`
+    /// non-empty, every value visible ASCII and space within [`MAX_ATTRIBUTE_LEN`]
+    /// (`tracestate` [`MAX_TRACESTATE_LEN`]), `traceparent` W3C-shaped and every
+    /// extension name valid ([`valid_extension_name`]). Producers call this before
+    /// publishing so a hostile value is refused with an error, never a panic.
+    pub fn validate(&self) -> Result<(), EnvelopeError> {
+        let err = |kind, header| Err(EnvelopeError { kind, header });
+        for (header, v) in [(H_ID, &self.id), (H_TYPE, &self.ty), (H_SOURCE, &self.source)] {
+            if v.trim().is_empty() {
+                return err(EnvelopeErrorKind::Empty, header);
+            }
+            if !valid_header_value(v, MAX_ATTRIBUTE_LEN) {
+                return err(EnvelopeErrorKind::InvalidValue, header);
+            }
+        }
+        if let Some(s) = &self.subject
+            && !valid_header_value(s, MAX_ATTRIBUTE_LEN)
+        {
+            return err(EnvelopeErrorKind::InvalidValue, H_SUBJECT);
+        }
+        if let Some(t) = &self.traceparent
+            && trace_id_of(t).is_none()
+        {
+            return err(EnvelopeErrorKind::BadTraceparent, H_TRACEPARENT);
+        }
+        if let Some(t) = &self.tracestate
+            && !valid_header_value(t, MAX_TRACESTATE_LEN)
+        {
+            return err(EnvelopeErrorKind::InvalidValue, H_TRACESTATE);
+        }
+        for (k, v) in &self.extensions {
+            if !valid_extension_name(k) {
+                return err(EnvelopeErrorKind::InvalidName, "ce-*");
+            }
+            if !valid_header_value(v, MAX_ATTRIBUTE_LEN) {
+                return err(EnvelopeErrorKind::InvalidValue, "ce-*");
+            }
+        }
+        Ok(())
+    }
+
+    /// The headers that carry this envelope, in a stable order. Never yields a name or
+    /// value a NATS or HTTP header map refuses: should [`Envelope::validate`] have been
+    /// skipped, bad bytes are percent-encoded, values cut to their bound and extensions
+    /// with an invalid name left out.
     pub fn to_headers(&self) -> Vec<(String, String)> {
+        let v = |s: &str| header_safe(s, MAX_ATTRIBUTE_LEN);
         let mut h = vec![
             (H_SPECVERSION.to_string(), SPEC_VERSION.to_string()),
-            (H_ID.to_string(), self.id.clone()),
-            (H_TYPE.to_string(), self.ty.clone()),
-            (H_SOURCE.to_string(), self.source.clone()),
+            (H_ID.to_string(), v(&self.id)),
+            (H_TYPE.to_string(), v(&self.ty)),
+            (H_SOURCE.to_string(), v(&self.source)),
             (
                 H_TIME.to_string(),
                 self.time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             ),
         ];
         if let Some(s) = &self.subject {
-            h.push((H_SUBJECT.to_string(), s.clone()));
+            h.push((H_SUBJECT.to_string(), v(s)));
         }
-        h.push((H_MSG_ID.to_string(), self.id.clone()));
+        h.push((H_MSG_ID.to_string(), v(&self.id)));
         if let Some(t) = &self.traceparent {
-            h.push((H_TRACEPARENT.to_string(), t.clone()));
+            h.push((H_TRACEPARENT.to_string(), v(t)));
         }
         if let Some(t) = &self.tracestate {
-            h.push((H_TRACESTATE.to_string(), t.clone()));
+            h.push((H_TRACESTATE.to_string(), header_safe(t, MAX_TRACESTATE_LEN)));
         }
         h.push((H_CONTENT_TYPE.to_string(), JSON.to_string()));
-        for (k, v) in &self.extensions {
-            h.push((format!("ce-{k}"), v.clone()));
+        for (k, val) in &self.extensions {
+            if valid_extension_name(k) {
+                h.push((format!("ce-{k}"), v(val)));
+            }
         }
         h
     }
@@ -208,10 +318,16 @@ impl Envelope {
                 && !matches!(ext, "specversion" | "id" | "type" | "source" | "time" | "subject")
                 && let Some(v) = get(name)
             {
+                if !valid_extension_name(ext) {
+                    return Err(EnvelopeError {
+                        kind: EnvelopeErrorKind::InvalidName,
+                        header: "ce-*",
+                    });
+                }
                 extensions.insert(ext.to_string(), v);
             }
         }
-        Ok(Self {
+        let env = Self {
             id: req(H_ID)?,
             ty: req(H_TYPE)?,
             source: req(H_SOURCE)?,
@@ -220,7 +336,10 @@ impl Envelope {
             traceparent,
             tracestate: get(H_TRACESTATE),
             extensions,
-        })
+        };
+        // Whatever is read can be written again (callbacks and replays copy envelopes).
+        env.validate()?;
+        Ok(env)
     }
 }
 
@@ -305,6 +424,71 @@ mod tests {
     }
 
     #[test]
+    fn hostile_values_are_refused_and_never_reach_a_header() {
+        let base = Envelope::new("dev.jetrun.job.submitted.v1", "/cli");
+        let hostile = ["a\r\nNats-Msg-Id: x", "a\nb", "nul\0", "tab\t", "caf\u{e9}"];
+        for bad in hostile {
+            let mut e = base.clone().with_subject(bad);
+            assert_eq!(
+                e.validate().unwrap_err().kind,
+                EnvelopeErrorKind::InvalidValue,
+                "{bad:?}"
+            );
+            e.subject = None;
+            e.source = bad.into();
+            assert_eq!(e.validate().unwrap_err().header, H_SOURCE);
+            let mut e = base.clone();
+            e.extensions.insert("tenant".into(), bad.into());
+            assert_eq!(e.validate().unwrap_err().kind, EnvelopeErrorKind::InvalidValue);
+            let mut e = base.clone();
+            e.tracestate = Some(bad.into());
+            assert!(e.validate().is_err());
+            // Even unvalidated, the headers are safe.
+            let mut e = base.clone().with_subject(bad);
+            e.extensions.insert("tenant".into(), bad.into());
+            e.extensions.insert("Bad-Name".into(), "x".into());
+            for (k, v) in e.to_headers() {
+                assert!(valid_header_value(&v, MAX_ATTRIBUTE_LEN), "{k}: {v:?}");
+                assert!(k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'), "{k}");
+            }
+        }
+        let mut e = base.clone().with_subject("x".repeat(MAX_ATTRIBUTE_LEN + 1));
+        assert_eq!(e.validate().unwrap_err().kind, EnvelopeErrorKind::InvalidValue);
+        assert!(e.to_headers().iter().all(|(_, v)| v.len() <= MAX_ATTRIBUTE_LEN));
+        e.subject = Some("x".repeat(MAX_ATTRIBUTE_LEN));
+        assert_eq!(e.validate(), Ok(()));
+        for name in ["", "Upper", "with-dash", "type", "data", "abcdefghijklmnopqrstu"] {
+            let mut e = base.clone();
+            e.extensions.insert(name.into(), "v".into());
+            assert_eq!(
+                e.validate().unwrap_err().kind,
+                EnvelopeErrorKind::InvalidName,
+                "{name:?}"
+            );
+            assert_eq!(e.to_headers(), base.to_headers(), "{name:?} is left out");
+        }
+        let mut e = base.clone();
+        e.traceparent = Some("00-zz\r\n".into());
+        assert_eq!(e.validate().unwrap_err().kind, EnvelopeErrorKind::BadTraceparent);
+        e.id = " ".into();
+        assert_eq!(e.validate().unwrap_err().kind, EnvelopeErrorKind::Empty);
+    }
+
+    #[test]
+    fn headers_with_bad_values_or_extension_names_are_refused() {
+        let e = Envelope::new("t", "s");
+        let mut h = e.to_headers();
+        h.push(("ce-Bad_Name".into(), "v".into()));
+        let names: Vec<&str> = h.iter().map(|(k, _)| k.as_str()).collect();
+        let err = Envelope::from_headers(lookup(&h), names).unwrap_err();
+        assert_eq!(err.kind, EnvelopeErrorKind::InvalidName);
+        let mut h = e.to_headers();
+        h.push((H_SUBJECT.into(), "caf\u{e9}".into()));
+        let err = Envelope::from_headers(lookup(&h), Vec::<&str>::new()).unwrap_err();
+        assert_eq!(err.kind, EnvelopeErrorKind::InvalidValue);
+    }
+
+    #[test]
     fn traceparent_parsing() {
         assert!(trace_id_of("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").is_some());
         assert!(trace_id_of("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none());
@@ -340,7 +524,7 @@ mod proptests {
             e.subject = subject.filter(|s| !s.trim().is_empty());
             e.extensions = ext
                 .into_iter()
-                .filter(|(k, _)| !matches!(k.as_str(), "specversion" | "id" | "type" | "source" | "time" | "subject"))
+                .filter(|(k, _)| valid_extension_name(k))
                 .collect();
             let h = e.to_headers();
             let names: Vec<&str> = h.iter().map(|(k, _)| k.as_str()).collect();
@@ -351,6 +535,20 @@ mod proptests {
             prop_assert_eq!(&back.subject, &e.subject);
             prop_assert_eq!(&back.extensions, &e.extensions);
             prop_assert_eq!(back.time.timestamp_micros(), e.time.timestamp_micros());
+        }
+
+        #[test]
+        fn any_envelope_yields_valid_header_values(
+            id in any::<String>(),
+            subject in any::<String>(),
+            ext in proptest::collection::btree_map(any::<String>(), any::<String>(), 0..4),
+        ) {
+            let mut e = Envelope::new("t", "/s").with_id(id).with_subject(subject);
+            e.extensions = ext;
+            for (k, v) in e.to_headers() {
+                prop_assert!(valid_header_value(&v, MAX_ATTRIBUTE_LEN), "{}: {:?}", k, v);
+                prop_assert!(!k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+            }
         }
 
         #[test]

@@ -315,6 +315,12 @@ pub struct JobRecord {
     /// Set when a cancel was asked for while the task ran.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancel_requested: bool,
+    /// The current attempt's secret (32 random bytes, hex), set by the claim: the node
+    /// agent signs the attempt's task events with it and settle checks them. Never part
+    /// of the public JSON (API, state-change events): only the job store writes and
+    /// reads it, through its own KV encoding. Never given to the task.
+    #[serde(skip)]
+    pub attempt_key: Option<crate::task::AttemptKey>,
 }
 
 /// A requested change of a job record.
@@ -428,6 +434,7 @@ impl JobRecord {
             traceparent,
             source,
             cancel_requested: false,
+            attempt_key: None,
         }
     }
 

@@ -9,14 +9,17 @@
 //! - [`job`]: the job spec, the job record and the state machine that guards every
 //!   transition;
 //! - [`task`], [`scale`], [`dlq`]: the task lifecycle, autoscaling and dead-letter records;
+//! - [`callback`]: where a completion callback may go (tenant namespace, address ranges);
 //! - [`schema`]: the JSON Schemas of `schemas/`, embedded at build time and compiled once.
 //!
 //! Higher layers (`jetrun-nats`, the hosts, the functions) turn these into messages and
 //! key-value entries.
 
+pub mod callback;
 pub mod dlq;
 pub mod envelope;
 pub mod job;
+pub mod limits;
 pub mod names;
 pub mod scale;
 pub mod schema;
@@ -24,6 +27,7 @@ pub mod task;
 
 pub use envelope::{Envelope, EnvelopeError, EnvelopeErrorKind};
 pub use job::{JobError, JobRecord, JobSpec, JobStatus, TransitionError};
+pub use limits::{SpecError, SpecLimits, SpecViolation};
 pub use names::Names;
 pub use schema::{SchemaError, ValidationError};
 

@@ -69,3 +69,46 @@ pub struct TaskEvent {
     /// When it happened.
     pub at: Timestamp,
 }
+
+/// The header carrying a task event's signature: `v1=<hex HMAC-SHA256>`, keyed by the
+/// attempt's [`AttemptKey`] (see `jetrun_agent::signing` for the signed input).
+pub const SIGNATURE_HEADER: &str = "Jetrun-Task-Signature";
+
+/// A job attempt's secret: 32 random bytes, hex-encoded, created by the claim and kept in
+/// the job record (never in its public JSON, never in the task's environment). Only the
+/// node agent that runs the attempt and settle, which checks its task events, use it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AttemptKey(String);
+
+impl AttemptKey {
+    /// A fresh random key.
+    pub fn generate() -> Self {
+        use rand::RngCore;
+        let mut b = [0u8; 32];
+        rand::rng().fill_bytes(&mut b);
+        Self(hex::encode(b))
+    }
+
+    /// A key from its hex form (as stored); `None` unless it is 64 hex digits.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        (s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())).then(|| Self(s.to_ascii_lowercase()))
+    }
+
+    /// The hex form, for storing.
+    pub fn as_hex(&self) -> &str {
+        &self.0
+    }
+
+    /// The raw 32 bytes: the HMAC key.
+    pub fn bytes(&self) -> Vec<u8> {
+        hex::decode(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for AttemptKey {
+    // Records are logged with `?`: the key must never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AttemptKey(<redacted>)")
+    }
+}

@@ -164,6 +164,8 @@ fn dead_letter() {
         deliveries: 1,
         headers: Default::default(),
         payload_base64: jetrun_core::dlq::DeadLetter::encode_payload(b"{}"),
+        payload_truncated: false,
+        payload_bytes: None,
         job_id: None,
         failed_at: jetrun_core::now(),
     };
@@ -186,8 +188,7 @@ fn not_json_and_unknown_type_are_typed() {
 
 #[test]
 fn github_fixtures_pass_the_webhook_schema() {
-    let dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/github-webhooks");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/github-webhooks");
     let mut n = 0;
     for event in std::fs::read_dir(&dir).unwrap() {
         let event = event.unwrap();

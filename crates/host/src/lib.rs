@@ -12,6 +12,8 @@
 //! - a dead-letter entry and then `Term` on [`HandlerError::Permanent`] (if the dead
 //!   letter cannot be stored, the message is `Nak`ed instead: nothing is lost);
 //! - a caught panic is retried a few times, then dead-lettered;
+//! - the consumer's last delivery (`max_deliver`) that fails in any way is dead-lettered
+//!   (`attempts_exhausted`), so no message is left undeliverable and unseen;
 //! - on shutdown (SIGTERM, Ctrl-C) it stops fetching and drains in-flight work.
 
 use std::future::Future;
@@ -161,6 +163,9 @@ impl Default for HostConfig {
 /// Runs a handler over a durable pull consumer.
 pub struct ConsumerHost {
     consumer: PullConsumer,
+    /// The consumer's `max_deliver` (≤ 0: unbounded): the last delivery that fails is
+    /// dead-lettered, since the server will not deliver it again.
+    max_deliver: i64,
     publisher: EventPublisher,
     names: Names,
     config: HostConfig,
@@ -183,6 +188,7 @@ impl ConsumerHost {
         let s = js.get_stream(stream).await.map_err(|e| err(e.to_string()))?;
         let c: PullConsumer = s.get_consumer(consumer).await.map_err(|e| err(e.to_string()))?;
         Ok(Self {
+            max_deliver: c.cached_info().config.max_deliver,
             consumer: c,
             publisher: EventPublisher::new(js.clone(), format!("/jetrun/{}", config.origin)),
             names: names.clone(),
@@ -326,8 +332,12 @@ impl ConsumerHost {
                     }
                 }
                 Ok(Ok(Err(HandlerError::Retry { reason, delay }))) => {
-                    debug!(%reason, ?delay, "retry");
-                    let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+                    if self.last_delivery(delivered) {
+                        self.exhausted(&msg, delivered, &reason).await;
+                    } else {
+                        debug!(%reason, ?delay, "retry");
+                        let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+                    }
                 }
                 Ok(Ok(Err(HandlerError::Permanent { kind, reason }))) => {
                     warn!(%kind, %reason, "permanent failure; dead-lettering");
@@ -347,9 +357,16 @@ impl ConsumerHost {
                             &format!("handler panicked {delivered} times: {what}"),
                         )
                         .await;
+                    } else if self.last_delivery(delivered) {
+                        self.exhausted(&msg, delivered, &format!("handler panicked: {what}"))
+                            .await;
                     } else {
                         let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
                     }
+                }
+                Err(_) if self.last_delivery(delivered) => {
+                    let why = format!("handler timed out after {:?}", self.config.handler_timeout);
+                    self.exhausted(&msg, delivered, &why).await;
                 }
                 Err(_) => {
                     warn!(timeout = ?self.config.handler_timeout, "handler timed out; retrying");
@@ -359,6 +376,19 @@ impl ConsumerHost {
         }
         .instrument(span)
         .await
+    }
+
+    /// Whether this was the consumer's last delivery of the message.
+    fn last_delivery(&self, delivered: u64) -> bool {
+        self.max_deliver > 0 && delivered >= self.max_deliver as u64
+    }
+
+    /// The last delivery failed too: the server will not redeliver, so the message goes
+    /// to the DLQ (never silently stuck unacknowledged).
+    async fn exhausted(&self, msg: &Message, delivered: u64, last: &str) {
+        warn!(delivered, max_deliver = self.max_deliver, reason = %last, "deliveries exhausted; dead-lettering");
+        let reason = format!("delivered {delivered} times (max_deliver); last failure: {last}");
+        self.dead_letter(msg, "attempts_exhausted", &reason).await;
     }
 
     async fn dead_letter(&self, msg: &Message, kind: &str, reason: &str) {

@@ -30,11 +30,27 @@ pub struct PublishError {
     pub message: String,
 }
 
+/// Inserts the header `name: value` unless either is not a valid NATS header (async-nats
+/// panics on a CR, LF or other control byte in a `&str` it is given): returns whether it
+/// was inserted. Every header built from data goes through here.
+pub fn insert_header(h: &mut HeaderMap, name: &str, value: &str) -> bool {
+    match (
+        name.parse::<async_nats::header::HeaderName>(),
+        value.parse::<async_nats::HeaderValue>(),
+    ) {
+        (Ok(n), Ok(v)) => {
+            h.insert(n, v);
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Converts an envelope to NATS headers.
 pub fn to_header_map(env: &Envelope) -> HeaderMap {
     let mut h = HeaderMap::new();
     for (k, v) in env.to_headers() {
-        h.insert(k.as_str(), v.as_str());
+        insert_header(&mut h, &k, &v);
     }
     h
 }
@@ -139,6 +155,13 @@ impl EventPublisher {
         env: &Envelope,
         body: Bytes,
     ) -> Result<PublishAckFuture, PublishError> {
+        // A value that cannot be a header (CR, LF, NUL, ...) is the producer's error, not a
+        // panic deep in the client.
+        env.validate().map_err(|e| PublishError {
+            kind: PublishErrorKind::Invalid,
+            subject: subject.clone(),
+            message: e.to_string(),
+        })?;
         self.js
             .publish_with_headers(subject.clone(), to_header_map(env), body)
             .await

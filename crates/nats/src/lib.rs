@@ -7,13 +7,18 @@
 //!   transitions through the core state machine, an index for listing by queue and status,
 //!   and leases whose expiry arrives as an event;
 //! - [`events`]: CloudEvents in NATS headers, publishing with acks, reading envelopes;
+//! - [`control`]: the job-control service (submit, cancel through the lifecycle) and its
+//!   client, for producers that may not write the jobs bucket;
 //! - [`dlq`]: dead-letter entries: publish, list, replay;
+//! - [`queues`]: which queues have submissions waiting and whether a worker serves them;
 //! - [`auth`] and [`connect`]: credentials and TLS from `JETRUN_NATS_*`, one connect path
 //!   for every command.
 
 pub mod auth;
+pub mod control;
 pub mod dlq;
 pub mod events;
+pub mod queues;
 pub mod store;
 pub mod submit;
 pub mod topology;

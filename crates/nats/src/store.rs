@@ -209,14 +209,40 @@ fn index_key(rec: &JobRecord) -> String {
     format!("{}.{}.{}", rec.queue, bucket, rec.id)
 }
 
+/// The KV form of a record: its public JSON plus the attempt key, which `JobRecord`'s own
+/// serialization leaves out so the API and state-change events never carry it.
+#[derive(Serialize)]
+struct Stored<'a> {
+    #[serde(flatten)]
+    rec: &'a JobRecord,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempt_key: Option<&'a jetrun_core::task::AttemptKey>,
+}
+
+/// The attempt key of a stored record, read on its own (the record itself ignores it).
+#[derive(Deserialize)]
+struct StoredKey {
+    #[serde(default)]
+    attempt_key: Option<jetrun_core::task::AttemptKey>,
+}
+
 fn encode(rec: &JobRecord) -> Result<Bytes, StoreError> {
-    serde_json::to_vec(rec)
+    let stored = Stored {
+        rec,
+        attempt_key: rec.attempt_key.as_ref(),
+    };
+    serde_json::to_vec(&stored)
         .map(Bytes::from)
         .map_err(|e| StoreError::new(StoreErrorKind::Corrupt, e.to_string()))
 }
 
 fn decode(id: &str, b: &[u8]) -> Result<JobRecord, StoreError> {
-    serde_json::from_slice(b).map_err(|e| StoreError::new(StoreErrorKind::Corrupt, format!("job {id}: {e}")))
+    let corrupt = |e: serde_json::Error| StoreError::new(StoreErrorKind::Corrupt, format!("job {id}: {e}"));
+    let mut rec: JobRecord = serde_json::from_slice(b).map_err(corrupt)?;
+    rec.attempt_key = serde_json::from_slice::<StoredKey>(b)
+        .map_err(corrupt)?
+        .attempt_key;
+    Ok(rec)
 }
 
 impl JobStore {
@@ -421,6 +447,30 @@ impl JobStore {
         a.and(b).and(c)
     }
 
+    /// Moves a stale index entry to `fresh` (or drops it), for a listing, in the
+    /// background: a reader's credential (ingest) may not write the index, and a refused
+    /// write is only noticed by a timeout, which must not hold up the listing. A failure
+    /// is logged; the record stays authoritative and the lifecycle repairs the entry when
+    /// it lists.
+    async fn repair_index(&self, fresh: Option<&str>, stale: &str) {
+        let (this, fresh, stale) = (self.clone(), fresh.map(str::to_string), stale.to_string());
+        tokio::spawn(async move {
+            let res = async {
+                if let Some(f) = &fresh {
+                    this.index
+                        .put(f, Bytes::new())
+                        .await
+                        .map_err(StoreError::unavailable)?;
+                }
+                this.purge_index_key(&stale).await
+            }
+            .await;
+            if let Err(e) = res {
+                tracing::debug!(key = %stale, error = %e, "stale index entry not repaired");
+            }
+        });
+    }
+
     async fn purge_index_key(&self, key: &str) -> Result<(), StoreError> {
         // A subject purge leaves no delete marker, so the index stream's subject count
         // is exactly the number of live entries.
@@ -505,17 +555,14 @@ impl JobStore {
                         let stale = format!("{queue}.{group}.{id}");
                         if fresh != stale {
                             // Repair: the record moved on after a crash before the index write.
-                            self.index
-                                .put(&fresh, Bytes::new())
-                                .await
-                                .map_err(StoreError::unavailable)?;
-                            self.purge_index_key(&stale).await?;
+                            // Best effort: readers without write access (ingest) still list.
+                            self.repair_index(Some(&fresh), &stale).await;
                         }
                         if status.is_none_or(|s| s == rec.status) && rec.queue == queue {
                             out.push(rec);
                         }
                     }
-                    None => self.purge_index_key(&format!("{queue}.{group}.{id}")).await?,
+                    None => self.repair_index(None, &format!("{queue}.{group}.{id}")).await,
                 }
                 if out.len() >= limit {
                     break;

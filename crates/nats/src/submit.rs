@@ -5,6 +5,10 @@
 //! A retry with the same idempotency key finds the existing job and publishes again,
 //! which is harmless: JetStream dedupes within its window and dispatch ignores a
 //! submission whose job is no longer queued.
+//!
+//! Only the lifecycle (the job-control service in dispatch, [`crate::control`]) and the
+//! operator's CLI admit; ingest and route go through the service or publish the
+//! submission alone ([`publish_submission`]) and let dispatch admit it.
 
 use jetrun_core::schema::{self, types};
 use jetrun_core::{JobRecord, JobSpec};
@@ -35,15 +39,20 @@ pub fn job_id_for(spec: &JobSpec) -> String {
     }
 }
 
-/// Admits and publishes a job. Returns the admission (new, or the existing duplicate).
-pub async fn submit(
-    store: &JobStore,
-    publisher: &EventPublisher,
-    spec: JobSpec,
-    traceparent: Option<String>,
-    source: Option<String>,
-) -> Result<Admission, SubmitError> {
-    let value = serde_json::to_value(&spec).map_err(|e| {
+/// Checks `spec` as every submission is checked, whoever sends it: the submission schema,
+/// the hard bounds of [`jetrun_core::limits::SpecLimits::default`] (an edge may be
+/// stricter, never looser), and the completion callback (a NATS callback only in the
+/// tenant's own namespace, an HTTP callback an absolute URL; settle checks again before
+/// sending).
+pub fn validate(spec: &JobSpec, names: &jetrun_core::Names) -> Result<(), SubmitError> {
+    let invalid = |errors: Vec<jetrun_core::ValidationError>| {
+        SubmitError::Invalid(jetrun_core::SchemaError {
+            kind: jetrun_core::schema::SchemaErrorKind::Invalid,
+            event_type: types::JOB_SUBMITTED.into(),
+            errors,
+        })
+    };
+    let value = serde_json::to_value(spec).map_err(|e| {
         SubmitError::Invalid(jetrun_core::SchemaError {
             kind: jetrun_core::schema::SchemaErrorKind::NotJson,
             event_type: types::JOB_SUBMITTED.into(),
@@ -54,21 +63,77 @@ pub async fn submit(
         })
     })?;
     schema::validate_value(types::JOB_SUBMITTED, &value).map_err(SubmitError::Invalid)?;
+    spec.validate(&jetrun_core::limits::SpecLimits::default()).map_err(|e| {
+        invalid(
+            e.violations
+                .into_iter()
+                .map(|v| jetrun_core::ValidationError {
+                    pointer: v.pointer,
+                    reason: v.reason,
+                })
+                .collect(),
+        )
+    })?;
+    jetrun_core::callback::check(spec, jetrun_core::callback::DEFAULT_SUBJECT_ROOT, names.prefix()).map_err(
+        |e| {
+            invalid(vec![jetrun_core::ValidationError {
+                pointer: "/callback".into(),
+                reason: e.to_string(),
+            }])
+        },
+    )
+}
+
+/// Admits and publishes a job. Returns the admission (new, or the existing duplicate).
+pub async fn submit(
+    store: &JobStore,
+    publisher: &EventPublisher,
+    spec: JobSpec,
+    traceparent: Option<String>,
+    source: Option<String>,
+) -> Result<Admission, SubmitError> {
     let id = job_id_for(&spec);
+    submit_as(store, publisher, id, spec, traceparent, source).await
+}
+
+/// [`submit`] under a job id chosen by the caller (the job-control client picks it, so
+/// a retry or its durable fallback names the same job).
+pub async fn submit_as(
+    store: &JobStore,
+    publisher: &EventPublisher,
+    id: String,
+    spec: JobSpec,
+    traceparent: Option<String>,
+    source: Option<String>,
+) -> Result<Admission, SubmitError> {
+    validate(&spec, store.names())?;
     let traceparent = traceparent.or_else(|| Some(jetrun_core::envelope::new_traceparent()));
     let record = JobRecord::new(id.clone(), spec.clone(), traceparent.clone(), source);
     let admission = store.admit(record).await?;
     if admission.record().status == jetrun_core::JobStatus::Queued {
-        let env = publisher
-            .envelope(types::JOB_SUBMITTED)
-            .with_id(id.clone())
-            .with_subject(id)
-            .with_trace(admission.record().traceparent.clone().or(traceparent), None);
-        publisher
-            .publish(store.names().job_submit(&spec.queue), &env, &spec)
-            .await?;
+        let tp = admission.record().traceparent.clone().or(traceparent);
+        publish_submission(publisher, store.names(), &id, &spec, tp).await?;
     }
     Ok(admission)
+}
+
+/// Publishes the submission of job `id` on `<prefix>.job.submit.<queue>` without
+/// admitting it (`ce-id` = `Nats-Msg-Id` = job id): dispatch admits on consume. This is
+/// all a producer without write access to the jobs bucket can do (route; ingest when no
+/// worker answers the job-control service).
+pub async fn publish_submission(
+    publisher: &EventPublisher,
+    names: &jetrun_core::Names,
+    id: &str,
+    spec: &JobSpec,
+    traceparent: Option<String>,
+) -> Result<u64, crate::PublishError> {
+    let env = publisher
+        .envelope(types::JOB_SUBMITTED)
+        .with_id(id.to_string())
+        .with_subject(id.to_string())
+        .with_trace(traceparent, None);
+    publisher.publish(names.job_submit(&spec.queue), &env, spec).await
 }
 
 /// Re-publishes the submission of an admitted job that is `queued` again (a retry, or a

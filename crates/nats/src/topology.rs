@@ -17,6 +17,16 @@ const fn days(n: u64) -> Duration {
     Duration::from_secs(n * 24 * 3600)
 }
 
+/// Deliveries of one submission before the host dead-letters it. High, because dispatch
+/// holds a job back by `Nak` while an instance or tenant is at its limit (one delivery
+/// every ~0.5–0.75 s: about 17 hours of waiting); an exhausted submission's job stays
+/// `queued` and dispatch's reconcile publishes it again.
+pub const DISPATCH_MAX_DELIVER: i64 = 100_000;
+/// Deliveries of one webhook event to route before it is dead-lettered.
+pub const ROUTE_MAX_DELIVER: i64 = 10;
+/// Deliveries of one task event to settle before it is dead-lettered.
+pub const SETTLE_MAX_DELIVER: i64 = 50;
+
 /// What `init` did to one resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -196,8 +206,24 @@ impl Topology {
             filter_subject: self.names.job_submit(queue),
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: Duration::from_secs(30),
-            max_deliver: -1,
+            max_deliver: DISPATCH_MAX_DELIVER,
             max_ack_pending: 10_000,
+            ..Default::default()
+        }
+    }
+
+    /// Route's consumer of the webhooks stream (created here, by the operator: route's
+    /// credential cannot create consumers).
+    pub fn route_consumer(&self) -> consumer::pull::Config {
+        consumer::pull::Config {
+            durable_name: Some(self.names.consumer_route()),
+            description: Some("route: webhook events to job submissions".into()),
+            filter_subject: self.names.webhook_all(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            // Bounded: a webhook that keeps failing ends in the DLQ instead of cycling forever.
+            max_deliver: ROUTE_MAX_DELIVER,
+            max_ack_pending: 1000,
             ..Default::default()
         }
     }
@@ -214,6 +240,7 @@ impl Topology {
         for q in &self.queues {
             report.push(ensure_consumer(js, &self.names.stream_jobs(), self.dispatch_consumer(q)).await?);
         }
+        report.push(ensure_consumer(js, &self.names.stream_webhooks(), self.route_consumer()).await?);
         Ok(report)
     }
 }

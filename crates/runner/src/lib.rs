@@ -14,7 +14,9 @@
 //! - [`Runner::stop`] sends SIGTERM, waits `grace`, then SIGKILLs; stopping an ended task is
 //!   not an error;
 //! - [`Runner::list`] returns the tasks this runner knows on this node, including ones
-//!   started by a previous process (so an agent can adopt or reap them after a crash).
+//!   started by a previous process (so an agent can adopt or reap them after a crash);
+//! - a task that ended with no status recorded anywhere is [`TaskStatus::Lost`], never
+//!   an exit code it did not have.
 //!
 //! Timeouts are enforced by the caller (the node agent), which calls `stop`.
 //!
@@ -26,8 +28,11 @@
 //! scratch dir) so a task outlives the process that launched it and a new runner finds it
 //! with `list`. See `docs/runner.md`.
 
+#[cfg(feature = "ecs")]
+pub mod ecs;
 pub mod image;
 pub mod logs;
+mod net;
 pub mod null;
 pub mod oci;
 pub mod ports;
@@ -95,6 +100,10 @@ pub enum TaskStatus {
     },
     /// The runner has no such task.
     NotFound,
+    /// It ended, but how is known nowhere: it died with its node or its supervisor (the
+    /// shim, `runc run`, the container's init) before any status could be recorded. The
+    /// agent reports the attempt `lost`, so it is retried; never an exit code.
+    Lost,
 }
 
 impl TaskStatus {

@@ -5,11 +5,22 @@
 //! `runc --root <data_dir>/runc run --bundle <bundle> <token>` (foreground `runc run`
 //! deletes the container when it ends and exits with the container's status).
 //!
+//! Inside, the container's PID 1 is a minimal init, as with `docker run --init`
+//! ([`OciConfig::init`], Debian's static `tini`, bind-mounted read-only): it forwards
+//! signals to the command's process group (so SIGTERM reaches the command: a timeout or a
+//! cancel ends the task at once, the grace period is only for commands that ignore it) and
+//! reaps orphans. Its child is a tiny wrapper (the host's static busybox `sh`, also
+//! bind-mounted) that runs the command and writes its status into the task's status tmpfs
+//! (write + rename) before the container can end: the real status survives the death of
+//! the shim and of `runc run`, which would otherwise take it with them.
+//!
 //! Isolation (see `docs/runner.md` for what applies where):
-//! - new mount, pid, ipc, uts namespaces, and a new network namespace (loopback only)
-//!   unless `spec.network`, in which case the host's network namespace is shared;
-//! - read-only rootfs; writable `/work` (a bind of the task's scratch dir) and `/tmp`
-//!   (tmpfs, [`OciConfig::tmp_size_mb`]);
+//! - new mount, pid, ipc, uts and network namespaces: loopback only, or with
+//!   `spec.network` outbound access through slirp4netns in the task's own namespace
+//!   (never the host's; the host's loopback is not reachable; see [`crate::net`]);
+//! - read-only rootfs; writable `/work` and `/tmp`, both tmpfs with a size limit
+//!   ([`OciConfig::work_size_mb`], [`OciConfig::tmp_size_mb`]) so a task cannot fill the
+//!   host's disk;
 //! - `noNewPrivileges`, every capability dropped, runc's default masked and read-only
 //!   `/proc` paths, device access limited to runc's defaults (null, zero, random, tty...);
 //! - rlimits: `RLIMIT_NOFILE` ([`OciConfig::nofile`]) and `RLIMIT_CORE` 0;
@@ -26,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::image::{ImageErrorKind, ImageStore};
+use crate::net::TaskNet;
 use crate::ports::{PortAllocator, PortRange};
 use crate::process::task_env;
 use crate::task::{TaskMeta, Tasks, io_err, runtime, signal_group, write_atomic};
@@ -33,6 +45,32 @@ use crate::{LaunchRequest, Runner, RunnerError, RunnerErrorKind, TaskInfo, TaskS
 
 /// How long `stop` waits for the container to die after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// Where the init, the wrapper's shell and the status dir appear inside the container:
+/// under `/dev`, a per-container tmpfs, so nothing is created in the shared read-only
+/// image.
+const IN_INIT: &str = "/dev/.jetrun/init";
+const IN_SH: &str = "/dev/.jetrun/sh";
+const IN_STATUS: &str = "/dev/.jetrun/status";
+
+/// The in-container wrapper (busybox `sh`): `$1` is the command, the rest its arguments.
+/// It resolves the command on `PATH` itself, because busybox would otherwise run its own
+/// applet of the same name instead of the image's program; it keeps running through the
+/// signals init forwards to the group (the command gets them with default handling) and
+/// records the command's status by write + rename, then exits with it.
+const WRAPPER: &str = r#"c=$1; shift
+case $c in
+*/*) ;;
+*) p=; IFS=:
+   for d in $PATH; do if [ -f "$d/$c" ] && [ -x "$d/$c" ]; then p=$d/$c; break; fi; done
+   unset IFS
+   c=$p ;;
+esac
+trap : TERM INT HUP QUIT USR1 USR2
+if [ -n "$c" ]; then "$c" "$@"; r=$?; else echo "jetrun: $1: command not found" >&2; r=127; fi
+s=/dev/.jetrun/status
+echo "$r" > "$s/exit_code.tmp" && mv -f "$s/exit_code.tmp" "$s/exit_code"
+exit "$r""#;
 
 /// Configuration of the OCI runner.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,10 +86,24 @@ pub struct OciConfig {
     pub nofile: u64,
     /// Size of each task's `/tmp` tmpfs in MiB (default 64).
     pub tmp_size_mb: u64,
+    /// Size of each task's `/work` (its scratch dir, cwd and `$HOME`) tmpfs in MiB
+    /// (default 1024). Writes past it fail with ENOSPC.
+    pub work_size_mb: u64,
+    /// The slirp4netns binary giving `network: true` tasks outbound access (default
+    /// `slirp4netns`, on PATH). Without it such tasks fail to launch; they never get
+    /// the host's network instead.
+    pub slirp4netns: PathBuf,
     /// Pids limit of tasks whose spec sets none (default 1024; 0 = none).
     pub default_pids: u64,
     /// Uid and gid tasks run as (default 0: root in the container, with no capabilities).
     pub user: (u32, u32),
+    /// The container's PID 1: a **static** minimal init that forwards signals and reaps
+    /// zombies (default `/usr/bin/tini-static`, Debian package `tini`). Required: without
+    /// it the runner refuses to start rather than run tasks with no init.
+    pub init: PathBuf,
+    /// A **static** busybox whose `sh` runs the command and records its status inside the
+    /// container (default `/bin/busybox`, Debian package `busybox-static`). Required.
+    pub busybox: PathBuf,
 }
 
 impl Default for OciConfig {
@@ -62,8 +114,12 @@ impl Default for OciConfig {
             ports: PortRange::default(),
             nofile: 1024,
             tmp_size_mb: 64,
+            work_size_mb: 1024,
+            slirp4netns: PathBuf::from("slirp4netns"),
             default_pids: 1024,
             user: (0, 0),
+            init: PathBuf::from("/usr/bin/tini-static"),
+            busybox: PathBuf::from(crate::image::BUSYBOX_BIN),
         }
     }
 }
@@ -122,6 +178,8 @@ pub struct OciRunner {
 struct Inner {
     config: OciConfig,
     runc: PathBuf,
+    init: PathBuf,
+    busybox: PathBuf,
     runc_root: PathBuf,
     /// Makes cgroup names unique across data dirs (tests run side by side).
     cgroup_prefix: String,
@@ -131,17 +189,7 @@ struct Inner {
     cgroups: CgroupSupport,
 }
 
-/// Finds `bin` on PATH (or takes it as is when it has a slash).
-fn which(bin: &Path) -> Option<PathBuf> {
-    if bin.components().count() > 1 {
-        return bin.is_file().then(|| bin.to_path_buf());
-    }
-    let path = std::env::var_os("PATH")
-        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-    std::env::split_paths(&path)
-        .map(|d| d.join(bin))
-        .find(|p| p.is_file())
-}
+use crate::net::which;
 
 fn fnv(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
@@ -155,6 +203,22 @@ impl OciRunner {
     pub fn new(config: OciConfig) -> Result<Self, RunnerError> {
         let runc = which(&config.runc)
             .ok_or_else(|| runtime(format!("{} not found on PATH", config.runc.display())))?;
+        let init = crate::task::absolute(&config.init)?;
+        if !init.is_file() {
+            return Err(runtime(format!(
+                "the container init {} is missing (Debian: apt-get install tini); \
+                 tasks need it as PID 1 so that SIGTERM reaches them and zombies are reaped",
+                init.display()
+            )));
+        }
+        let busybox = crate::task::absolute(&config.busybox)?;
+        if !busybox.is_file() {
+            return Err(runtime(format!(
+                "{} is missing (Debian: apt-get install busybox-static); tasks need it to \
+                 record their exit status inside the container",
+                busybox.display()
+            )));
+        }
         let data_dir = crate::task::absolute(&config.data_dir)?;
         let runc_root = data_dir.join("runc");
         std::fs::create_dir_all(&runc_root).map_err(|e| io_err("create", &runc_root, e))?;
@@ -175,6 +239,8 @@ impl OciRunner {
                 tasks,
                 ports,
                 runc,
+                init,
+                busybox,
                 runc_root,
                 images,
                 cgroups,
@@ -196,6 +262,12 @@ impl OciRunner {
     /// The directory holding the task directories.
     pub fn tasks_dir(&self) -> &Path {
         &self.inner.tasks.dir
+    }
+
+    /// The pid of the slirp4netns process giving `task_ref` its network, while it has
+    /// one (until `remove`).
+    pub fn slirp_pid(&self, task_ref: &str) -> Option<i32> {
+        TaskNet::new(&self.inner.tasks.path(task_ref).ok()?).slirp_pid()
     }
 
     /// Writes the bundle of `req` at `<task>/bundle` and returns the runc command line of
@@ -225,13 +297,14 @@ impl OciRunner {
                 format!("no command and image {} has no default", img.name),
             ));
         }
+        // init (PID 1) → wrapper → the command; `-g`: signals go to the whole group.
+        let args: Vec<String> = [IN_INIT, "-g", "--", IN_SH, "-c", WRAPPER, "jetrun-wrap"]
+            .into_iter()
+            .map(str::to_string)
+            .chain(args)
+            .collect();
         let task_dir = inner.tasks.path(&req.token)?;
         let (uid, gid) = inner.config.user;
-        if (uid, gid) != (0, 0) {
-            // The scratch dir must be writable by the task's user.
-            let work = task_dir.join("work");
-            std::os::unix::fs::chown(&work, Some(uid), Some(gid)).map_err(|e| io_err("chown", &work, e))?;
-        }
         let mut env: BTreeMap<String, String> = img
             .config
             .env
@@ -252,11 +325,17 @@ impl OciRunner {
             json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
             json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
             json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777", format!("size={}m", inner.config.tmp_size_mb)]}),
-            json!({"destination": "/work", "type": "bind", "source": task_dir.join("work"), "options": ["rbind", "rw", "nosuid", "nodev"]}),
+            // A tmpfs, not a bind of a host directory: its size is bounded, so a task
+            // cannot fill the host's disk (its pages count against the task's memory
+            // cgroup too). Owned by the task's user so it can write there.
+            json!({"destination": "/work", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=0755", format!("uid={uid}"), format!("gid={gid}"), format!("size={}m", inner.config.work_size_mb)]}),
         ];
         for b in &img.config.binds {
             mounts.push(json!({"destination": b.destination, "type": "bind", "source": b.source, "options": ["rbind", "ro", "nosuid", "nodev"]}));
         }
+        mounts.push(json!({"destination": IN_INIT, "type": "bind", "source": inner.init, "options": ["bind", "ro", "nosuid", "nodev"]}));
+        mounts.push(json!({"destination": IN_SH, "type": "bind", "source": inner.busybox, "options": ["bind", "ro", "nosuid", "nodev"]}));
+        mounts.push(json!({"destination": IN_STATUS, "type": "bind", "source": task_dir.join(crate::task::STATUS_DIR), "options": ["bind", "rw", "nosuid", "nodev", "noexec"]}));
         let mut namespaces = vec![
             json!({"type": "pid"}),
             json!({"type": "ipc"}),
@@ -264,11 +343,12 @@ impl OciRunner {
             json!({"type": "mount"}),
         ];
         if req.spec.network {
-            // Shares the host's network: give it the host's resolver.
-            for f in ["/etc/resolv.conf", "/etc/hosts"] {
-                if Path::new(f).is_file() && img.rootfs.join(&f[1..]).is_file() {
-                    mounts.push(json!({"destination": f, "type": "bind", "source": f, "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]}));
-                }
+            // Its own namespace, made and wired to slirp4netns before the container
+            // starts (see `launch`), with slirp's resolver.
+            let net = TaskNet::new(&task_dir);
+            namespaces.push(json!({"type": "network", "path": net.ns()}));
+            if img.rootfs.join("etc/resolv.conf").is_file() {
+                mounts.push(json!({"destination": "/etc/resolv.conf", "type": "bind", "source": net.resolv_conf(), "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]}));
             }
         } else {
             namespaces.push(json!({"type": "network"}));
@@ -409,7 +489,17 @@ impl OciRunner {
         let r = async {
             let t = self.launch(&req).await?;
             match tokio::time::timeout(Duration::from_secs(15), self.wait(&t)).await {
-                Ok(Ok(TaskStatus::Exited { exit_code: 0 })) => Ok(()),
+                Ok(Ok(TaskStatus::Exited { exit_code: 0 })) => {
+                    // The in-container status is what makes outcomes right after a
+                    // crash: the probe fails if it does not work here.
+                    let d = self.inner.tasks.path(&t)?;
+                    match std::fs::read_to_string(d.join(crate::task::STATUS_DIR).join("exit_code")) {
+                        Ok(s) if s.trim() == "0" => Ok(()),
+                        other => Err(runtime(format!(
+                            "probe container ran, but its init did not record its exit status ({other:?})"
+                        ))),
+                    }
+                }
                 Ok(Ok(s)) => {
                     let err = self
                         .log_paths(&t)
@@ -451,10 +541,27 @@ impl Runner for OciRunner {
             return Ok(token);
         }
         let mut held: Option<BTreeMap<String, u16>> = None;
-        let result = (|| {
+        let net = TaskNet::new(&inner.tasks.path(&token)?);
+        let result = async {
             let ports = inner.ports.allocate(&token, &req.spec.ports)?;
             held = Some(ports.clone());
             let bundle = self.prepare_bundle(req, &ports)?;
+            if req.spec.network {
+                let slirp = which(&inner.config.slirp4netns).ok_or_else(|| {
+                    RunnerError::new(
+                        RunnerErrorKind::InvalidSpec,
+                        format!(
+                            "the job asks for network but {} is not installed on this node (Debian: apt-get install slirp4netns); \
+                             tasks never get the host's network instead",
+                            inner.config.slirp4netns.display()
+                        ),
+                    )
+                })?;
+                let forwarded: Vec<u16> = ports.values().copied().collect();
+                net.setup(&slirp, &forwarded).await?;
+            }
+            let (uid, gid) = inner.config.user;
+            inner.tasks.mount_status(&token, uid, gid)?;
             inner.tasks.write_meta(&TaskMeta {
                 task_ref: token.clone(),
                 job_id: req.job_id.clone(),
@@ -471,7 +578,8 @@ impl Runner for OciRunner {
             inner
                 .tasks
                 .spawn_shim(&token, &self.runc_run_argv(&bundle, &token), &env, &bundle)
-        })();
+        }
+        .await;
         match result {
             Ok(pid) => {
                 tracing::debug!(task_ref = %token, shim_pid = pid, image = %req.spec.image, "container launched");
@@ -481,6 +589,7 @@ impl Runner for OciRunner {
                 if let Some(p) = held {
                     inner.ports.release(&token, p.values().copied());
                 }
+                net.teardown();
                 inner.tasks.discard(&token);
                 Err(e)
             }
@@ -544,6 +653,10 @@ impl Runner for OciRunner {
         }
         self.inner.ports.release(task_ref, meta.ports.values().copied());
         let d = tasks.path(task_ref)?;
+        // slirp4netns and the namespace mount, also for tasks a previous process started.
+        TaskNet::new(&d).teardown();
+        // Keeps the command's status, then unmounts its tmpfs.
+        tasks.unmount_status(task_ref);
         for sub in ["bundle", "work"] {
             let p = d.join(sub);
             if p.exists() {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use crate::ports::{PortAllocator, PortRange};
-use crate::task::{TaskMeta, Tasks, port_env_name, signal_group};
+use crate::task::{TaskMeta, Tasks, group_alive, port_env_name, signal_group};
 use crate::{LaunchRequest, Runner, RunnerError, RunnerErrorKind, TaskInfo, TaskStatus};
 
 /// PATH given to process tasks.
@@ -21,6 +21,12 @@ const HOST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin
 
 /// How long `stop` waits for the group to die after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether the command of a task whose shim is gone still runs: its process group (the
+/// shim's pid) still has a live member.
+fn command_runs(tasks: &Tasks, task_ref: &str) -> bool {
+    tasks.pid(task_ref).is_some_and(|(pid, _)| group_alive(pid))
+}
 
 /// Runs tasks as plain host processes: no namespaces, no limits, no read-only root.
 #[derive(Debug, Clone)]
@@ -57,6 +63,10 @@ impl ProcessRunner {
     /// The directory holding the task directories.
     pub fn tasks_dir(&self) -> &Path {
         &self.tasks.dir
+    }
+
+    fn status(&self, task_ref: &str) -> Result<TaskStatus, RunnerError> {
+        self.tasks.status_with(task_ref, &|t| command_runs(&self.tasks, t))
     }
 }
 
@@ -131,20 +141,25 @@ impl Runner for ProcessRunner {
     }
 
     async fn wait(&self, task_ref: &str) -> Result<TaskStatus, RunnerError> {
-        self.tasks.wait(task_ref).await
+        let tasks = self.tasks.clone();
+        self.tasks
+            .wait_with(task_ref, &move |t| command_runs(&tasks, t))
+            .await
     }
 
     async fn describe(&self, task_ref: &str) -> Result<TaskStatus, RunnerError> {
-        self.tasks.status(task_ref)
+        self.status(task_ref)
     }
 
     async fn stop(&self, task_ref: &str, grace: Duration) -> Result<(), RunnerError> {
-        if self.tasks.status(task_ref)?.is_final() {
+        if self.status(task_ref)?.is_final() {
             return Ok(());
         }
         self.tasks.mark(task_ref, "stop_requested");
         signal_group(&self.tasks, task_ref, Signal::SIGTERM);
-        if self.tasks.wait_for(task_ref, grace, &|_| false).await?.is_some() {
+        let tasks = self.tasks.clone();
+        let runs = move |t: &str| command_runs(&tasks, t);
+        if self.tasks.wait_for(task_ref, grace, &runs).await?.is_some() {
             return Ok(());
         }
         tracing::info!(
@@ -153,11 +168,7 @@ impl Runner for ProcessRunner {
             "task ignored SIGTERM, sending SIGKILL"
         );
         signal_group(&self.tasks, task_ref, Signal::SIGKILL);
-        if self
-            .tasks
-            .wait_for(task_ref, KILL_WAIT, &|_| false)
-            .await?
-            .is_none()
+        if self.tasks.wait_for(task_ref, KILL_WAIT, &runs).await?.is_none()
         {
             return Err(RunnerError::new(
                 RunnerErrorKind::Runtime,
@@ -168,14 +179,14 @@ impl Runner for ProcessRunner {
     }
 
     async fn list(&self) -> Result<Vec<TaskInfo>, RunnerError> {
-        self.tasks.list(&|_| false)
+        self.tasks.list(&|t| command_runs(&self.tasks, t))
     }
 
     async fn remove(&self, task_ref: &str) -> Result<(), RunnerError> {
         let Some(meta) = self.tasks.meta(task_ref)? else {
             return Ok(());
         };
-        if !self.tasks.status(task_ref)?.is_final() {
+        if !self.status(task_ref)?.is_final() {
             self.stop(task_ref, Duration::ZERO).await?;
         }
         self.ports.release(task_ref, meta.ports.values().copied());

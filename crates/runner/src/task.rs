@@ -4,7 +4,12 @@
 //! - `meta.json`: who the task is ([`TaskMeta`]);
 //! - `pid`: `<pid> <starttime>` of the shim (the start time guards against pid reuse);
 //! - `exit_code`: written by the shim when the task ends (`<status>` as the shell reports
-//!   it), or `signal <n>` written by the runner when it had to SIGKILL the shim itself;
+//!   it), or by the runner: `signal 9` when it stopped the task and the shim died with it,
+//!   `lost` when the task ended with no status recorded anywhere (it died with its node);
+//! - `status/` (OCI): a tiny tmpfs bind-mounted into the container, where the in-container
+//!   wrapper writes the command's own status (`status/exit_code`, write + rename) before
+//!   the container can end; copied to `command_exit` when the task is removed. This status
+//!   wins over the shim's: it survives the death of the shim and of `runc run`;
 //! - `stop_requested`: present once `stop` was called;
 //! - `removed`: present once `remove` was called (the logs stay, `list` skips the task);
 //! - `stdout.log`, `stderr.log`: the task's output;
@@ -13,7 +18,10 @@
 //! The shim is `sh -c 'trap : TERM INT; "$@"; echo $? > exit_code'` started in its own
 //! process group, so the task survives the death of the process that launched it and its
 //! exit code is not lost. The trap keeps the shim alive when the group gets SIGTERM, so it
-//! can record how the task ended.
+//! can record how the task ended. The shim can die too (a service manager killing the
+//! worker's whole cgroup, the OOM killer): OCI tasks therefore also record the command's
+//! status from inside the container (`status/`), and a task whose end is recorded nowhere
+//! is [`TaskStatus::Lost`], not a made-up `signal 9`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -26,8 +34,16 @@ use tokio::sync::watch;
 
 use crate::{RunnerError, RunnerErrorKind, TaskInfo, TaskStatus};
 
-/// The shim script: `$1` is the exit-code file, the rest is the command.
-const SHIM: &str = r#"e="$1"; shift; trap : TERM INT; "$@"; c=$?; echo "$c" > "$e""#;
+/// The shim script: `$1` is the exit-code file, the rest is the command. Write + rename,
+/// so a reader never sees half a file.
+const SHIM: &str =
+    r#"e="$1"; shift; trap : TERM INT; "$@"; c=$?; echo "$c" > "$e.tmp" && mv -f "$e.tmp" "$e""#;
+
+/// The per-task status directory (a tmpfs for OCI tasks).
+pub(crate) const STATUS_DIR: &str = "status";
+
+/// Size of the status tmpfs: one small file, so a task cannot fill anything through it.
+const STATUS_TMPFS: &str = "size=16k,nr_inodes=8";
 
 /// How long a task directory may lack a pid file before it counts as a launch that died
 /// half-way (the launching process crashed between creating the dir and spawning).
@@ -142,6 +158,8 @@ impl Tasks {
 
     /// Undoes a failed launch.
     pub fn discard(&self, token: &str) {
+        // Never remove_dir_all across a mount.
+        self.unmount_status(token);
         if let Ok(p) = self.path(token) {
             let _ = std::fs::remove_dir_all(p);
         }
@@ -239,20 +257,71 @@ impl Tasks {
         }
     }
 
-    /// The recorded end of the task, if any.
+    /// The recorded end of the task, if any: the command's own status from inside the
+    /// container first (live, then kept), then the shim's or the runner's.
     pub fn exit_status(&self, task_ref: &str) -> Option<TaskStatus> {
-        let s = std::fs::read_to_string(self.path(task_ref).ok()?.join("exit_code")).ok()?;
-        parse_exit(&s)
+        let d = self.path(task_ref).ok()?;
+        [
+            d.join(STATUS_DIR).join("exit_code"),
+            d.join("command_exit"),
+            d.join("exit_code"),
+        ]
+        .iter()
+        .find_map(|p| parse_exit(&std::fs::read_to_string(p).ok()?))
     }
 
-    /// Records an end the shim could not record itself (it was SIGKILLed).
-    pub fn record_signal(&self, task_ref: &str, signal: i32) {
-        if let Ok(d) = self.path(task_ref) {
-            let p = d.join("exit_code");
-            if self.exit_status(task_ref).is_none() {
-                let _ = std::fs::write(p, format!("signal {signal}\n"));
-            }
+    /// Records an end the shim could not record itself: `signal <n>` (stopped, and the
+    /// shim died with the task) or `lost`.
+    fn record_end(&self, task_ref: &str, what: &str) {
+        if let Ok(d) = self.path(task_ref)
+            && self.exit_status(task_ref).is_none()
+        {
+            let _ = write_atomic(&d.join("exit_code"), format!("{what}\n").as_bytes());
         }
+    }
+
+    /// Mounts the task's status tmpfs at `<task>/status`, writable by `uid:gid` (the
+    /// task's user inside the container). A tmpfs, not a plain host directory, because
+    /// the task can write there too: it must not be able to fill the host's disk.
+    pub fn mount_status(&self, task_ref: &str, uid: u32, gid: u32) -> Result<PathBuf, RunnerError> {
+        let p = self.path(task_ref)?.join(STATUS_DIR);
+        std::fs::create_dir_all(&p).map_err(|e| io_err("create", &p, e))?;
+        let opts = format!("{STATUS_TMPFS},mode=0700,uid={uid},gid={gid}");
+        use nix::mount::MsFlags;
+        nix::mount::mount(
+            Some("tmpfs"),
+            &p,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some(opts.as_str()),
+        )
+        .map_err(|e| runtime(format!("mount the status tmpfs on {}: {e}", p.display())))?;
+        Ok(p)
+    }
+
+    /// Keeps the command's status (`command_exit`) and unmounts and deletes the status
+    /// tmpfs. Idempotent; also for tasks a previous process started.
+    pub fn unmount_status(&self, task_ref: &str) {
+        let Ok(d) = self.path(task_ref) else { return };
+        let p = d.join(STATUS_DIR);
+        if !p.exists() {
+            return;
+        }
+        let live = p.join("exit_code");
+        if let Ok(s) = std::fs::read_to_string(&live)
+            && parse_exit(&s).is_some()
+            && !d.join("command_exit").exists()
+            && let Err(e) = write_atomic(&d.join("command_exit"), s.as_bytes())
+        {
+            tracing::warn!(task_ref, error = %e, "command status not kept");
+        }
+        if let Err(e) = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH)
+            && e != nix::errno::Errno::EINVAL
+        {
+            tracing::warn!(path = %p.display(), error = %e, "status tmpfs not unmounted");
+            return;
+        }
+        let _ = std::fs::remove_dir_all(&p);
     }
 
     pub fn mark(&self, task_ref: &str, name: &str) {
@@ -267,14 +336,9 @@ impl Tasks {
             .unwrap_or(false)
     }
 
-    /// How the task stands, from its files. `alive_extra` is asked when the shim is gone
-    /// without an exit code (the OCI runner checks whether the container still runs).
-    pub fn status(&self, task_ref: &str) -> Result<TaskStatus, RunnerError> {
-        self.status_with(task_ref, &|_| false)
-    }
-
-    /// [`Tasks::status`], asking `runs_elsewhere` whether the task still runs when its
-    /// shim is gone without an exit code (a container can outlive a killed `runc run`).
+    /// How the task stands, from its files, asking `runs_elsewhere` whether the task still
+    /// runs when its shim is gone without an exit code (a container can outlive a killed
+    /// `runc run`, a process task's command its SIGKILLed shim).
     pub fn status_with(
         &self,
         task_ref: &str,
@@ -311,17 +375,23 @@ impl Tasks {
         if runs_elsewhere(task_ref) {
             return Ok(TaskStatus::Running);
         }
-        // Gone without a word: it was SIGKILLed with its group.
-        self.record_signal(task_ref, 9);
-        Ok(TaskStatus::Killed { signal: 9 })
+        // The task may have recorded its end between the two looks above.
+        if let Some(s) = self.exit_status(task_ref) {
+            return Ok(s);
+        }
+        // Gone without a word. If we were stopping it, it was our SIGKILL; otherwise it
+        // died with its node or supervisor and nobody knows how it ended: lost, so it is
+        // retried, never reported as an exit code of the command.
+        if self.marked(task_ref, "stop_requested") {
+            self.record_end(task_ref, "signal 9");
+            return Ok(TaskStatus::Killed { signal: 9 });
+        }
+        tracing::warn!(task_ref, "task ended with no status recorded: lost");
+        self.record_end(task_ref, "lost");
+        Ok(TaskStatus::Lost)
     }
 
-    /// Waits until the task has ended.
-    pub async fn wait(&self, task_ref: &str) -> Result<TaskStatus, RunnerError> {
-        self.wait_with(task_ref, &|_| false).await
-    }
-
-    /// [`Tasks::wait`] with the hook of [`Tasks::status_with`].
+    /// Waits until the task has ended ([`Tasks::status_with`] with `runs_elsewhere`).
     pub async fn wait_with(
         &self,
         task_ref: &str,
@@ -405,6 +475,9 @@ impl Tasks {
 /// the convention of every shell and of `runc run`.
 pub(crate) fn parse_exit(s: &str) -> Option<TaskStatus> {
     let s = s.trim();
+    if s == "lost" {
+        return Some(TaskStatus::Lost);
+    }
     if let Some(sig) = s.strip_prefix("signal ") {
         return sig
             .trim()
@@ -430,10 +503,37 @@ pub(crate) fn absolute(p: &Path) -> Result<PathBuf, RunnerError> {
     std::path::absolute(p).map_err(|e| io_err("resolve", p, e))
 }
 
-/// Sends `sig` to the shim's process group, if the shim is still the recorded process.
+/// Whether any live (not zombie) process is in process group `pgid`: the command of a
+/// process task can outlive its SIGKILLed shim. Scans `/proc`; only asked when the shim
+/// is gone without a status, which is rare.
+pub(crate) fn group_alive(pgid: i32) -> bool {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    rd.flatten().any(|e| {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            return false;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            return false;
+        };
+        let mut it = rest.split_whitespace();
+        // After `)`: state (3), ppid (4), pgrp (5).
+        let state = it.next();
+        let pgrp = it.nth(1).and_then(|g| g.parse::<i32>().ok());
+        state != Some("Z") && pgrp == Some(pgid)
+    })
+}
+
+/// Sends `sig` to the shim's process group, if the shim is still the recorded process
+/// (or its group outlived it).
 pub(crate) fn signal_group(tasks: &Tasks, task_ref: &str, sig: nix::sys::signal::Signal) {
     if let Some((pid, _)) = tasks.pid(task_ref)
-        && tasks.shim_alive(task_ref)
+        && (tasks.shim_alive(task_ref) || group_alive(pid))
     {
         let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), sig);
     }
@@ -449,6 +549,7 @@ mod tests {
         assert_eq!(parse_exit("42"), Some(TaskStatus::Exited { exit_code: 42 }));
         assert_eq!(parse_exit("143"), Some(TaskStatus::Killed { signal: 15 }));
         assert_eq!(parse_exit("signal 9"), Some(TaskStatus::Killed { signal: 9 }));
+        assert_eq!(parse_exit("lost\n"), Some(TaskStatus::Lost));
         assert_eq!(parse_exit(""), None);
     }
 

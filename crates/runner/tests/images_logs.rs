@@ -149,6 +149,11 @@ fn builtin_images_are_made_once() {
         let b = store.ensure("busybox").unwrap();
         assert_eq!(a, b);
     } else {
+        assert!(
+            std::env::var("JETRUN_REQUIRE_OCI").as_deref() != Ok("1"),
+            "JETRUN_REQUIRE_OCI=1 but {} is missing",
+            jetrun_runner::image::BUSYBOX_BIN
+        );
         eprintln!(
             "SKIP busybox image: {} missing",
             jetrun_runner::image::BUSYBOX_BIN

@@ -36,7 +36,10 @@ pub fn init(format: &str) -> Guard {
     let json = (format == "json").then(|| fmt::layer().json().with_writer(std::io::stderr));
     let text = (format != "json").then(|| {
         fmt::layer()
-            .with_ansi(std::io::stderr().is_terminal())
+            // https://no-color.org: any non-empty NO_COLOR turns colours off.
+            .with_ansi(
+                std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            )
             .with_writer(std::io::stderr)
     });
     #[cfg(feature = "otel")]

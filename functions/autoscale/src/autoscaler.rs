@@ -480,6 +480,33 @@ fn request_handler(
         let kv = kv.clone();
         let names = names.clone();
         Box::pin(async move {
+            // Checked by type before the body: a scale request is exactly a
+            // `dev.jetrun.scale.requested.v1` event whose body matches that schema. A
+            // missing or foreign `ce-type` (a signal, a job, anything else that happens
+            // to parse) is never applied.
+            match &msg.envelope {
+                Ok(env) if env.ty == types::SCALE_REQUESTED => {}
+                Ok(env) => {
+                    return Err(HandlerError::permanent(
+                        "invalid_event",
+                        format!(
+                            "ce-type {:?} is not {} on {}",
+                            env.ty,
+                            types::SCALE_REQUESTED,
+                            msg.subject
+                        ),
+                    ));
+                }
+                Err(e) => {
+                    return Err(HandlerError::permanent(
+                        "invalid_event",
+                        format!("no valid CloudEvent envelope on {}: {e}", msg.subject),
+                    ));
+                }
+            }
+            jetrun_core::schema::validate(types::SCALE_REQUESTED, &msg.payload).map_err(|e| {
+                HandlerError::permanent("invalid_event", format!("body does not match its ce-type: {e}"))
+            })?;
             let req: ScaleRequest = serde_json::from_slice(&msg.payload)
                 .map_err(|e| HandlerError::permanent("invalid_event", format!("not a scale request: {e}")))?;
             let service = spec::request_service(&req);

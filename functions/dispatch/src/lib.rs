@@ -23,6 +23,8 @@
 //! queued in the store but have no message (a producer crashed between admit and
 //! publish).
 
+pub mod control;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -266,6 +268,8 @@ impl Dispatcher {
                 }
             })
         };
+        // The job-control service (submit/cancel for ingest and route) runs with dispatch.
+        let control = tokio::spawn(control::serve(ctx.clone(), shutdown.clone()));
         info!(queue = %queue, max_concurrent_jobs = self.inner.config.max_concurrent_jobs, "dispatch started");
         let this = self.clone();
         let res = host
@@ -279,6 +283,9 @@ impl Dispatcher {
             .await
             .map_err(|e| DispatchError::new(DispatchErrorKind::Consumer, e));
         let _ = reconcile.await;
+        if let Ok(Err(e)) = control.await {
+            warn!(error = %e, "job-control service failed");
+        }
         res
     }
 
@@ -409,11 +416,37 @@ impl Dispatcher {
     ) -> Result<(), HandlerError> {
         let ctx = &self.inner.ctx;
         let store = &ctx.store;
+        if rec.spec.network && !self.inner.agent.config().network_allowed(&rec.queue) {
+            // The operator's setting, not a transient condition: fail, do not retry.
+            warn!(job_id = %rec.id, queue = %rec.queue, "the job asks for network on a queue not allowed to; failing it");
+            let fail = Transition::Fail {
+                error: JobError::new(
+                    "network_not_allowed",
+                    format!(
+                        "queue {:?} may not ask for network (the operator's network_queues setting)",
+                        rec.queue
+                    ),
+                ),
+            };
+            return match store.transition_at(&rec, rev, &fail).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind == StoreErrorKind::Conflict => Err(HandlerError::retry(
+                    "the record changed while failing it",
+                    Duration::from_millis(50),
+                )),
+                Err(e) if matches!(e.kind, StoreErrorKind::Transition(_)) => Ok(()),
+                Err(e) => Err(transient(e)),
+            };
+        }
         let claim = Transition::Claim {
             worker_id: ctx.worker_id.clone(),
             node_id: ctx.node_id.clone(),
         };
-        let (rec, rev) = match store.transition_at(&rec, rev, &claim).await {
+        // The attempt's secret goes into the claim's own compare-and-set (no extra write):
+        // the agent signs this attempt's task events with it, settle checks them.
+        let mut keyed = rec.clone();
+        keyed.attempt_key = Some(jetrun_core::task::AttemptKey::generate());
+        let (rec, rev) = match store.transition_at(&keyed, rev, &claim).await {
             Ok(x) => x,
             Err(e) if e.kind == StoreErrorKind::Conflict => {
                 return match store.get(&rec.id).await.map_err(transient)? {
@@ -511,6 +544,7 @@ impl Dispatcher {
             lease_revision: lease_rev,
             cancel_requested,
             traceparent: rec.traceparent.clone(),
+            attempt_key: rec.attempt_key.clone(),
             guard: Some(Box::new(slots) as EndGuard),
         });
         Ok(())

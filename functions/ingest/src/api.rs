@@ -2,8 +2,10 @@
 //!
 //! Every `/v1` route needs `Authorization: Bearer <token>`; the token names a tenant
 //! (see [`crate::auth::ApiTokens`]) and each tenant has its own rate limit (429 with
-//! `Retry-After`). A tenant sees and cancels only its own jobs; the operator tenant `*`
-//! sees all.
+//! `Retry-After`). A tenant submits, sees and cancels only its own jobs (a job is a
+//! tenant's when its spec names that tenant); every other action (scale requests, stats,
+//! task events, any CloudEvent that is not a job submission) needs the operator tenant
+//! `*`, which also sees every job.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -71,20 +73,48 @@ pub fn authenticate(ingest: &Ingest, headers: &HeaderMap) -> Result<String, Prob
     Ok(tenant)
 }
 
+/// Whether `tenant` may see and cancel `rec`. The tenant must be named in the spec: a
+/// job without one (submitted by an operator or a rule) is `default` for accounting but
+/// belongs to no token, so a tenant called `default` does not get them all.
 fn may_see(tenant: &str, rec: &JobRecord) -> bool {
-    tenant == OPERATOR_TENANT || rec.spec.tenant() == tenant
+    tenant == OPERATOR_TENANT || rec.spec.tenant.as_deref() == Some(tenant)
+}
+
+/// Refuses a tenant token for an operator action.
+fn require_operator(tenant: &str, what: &str) -> Result<(), Problem> {
+    if tenant == OPERATOR_TENANT {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            ProblemKind::Forbidden,
+            format!(
+                "{what} needs an operator token; the token of tenant {tenant} may only submit, \
+                 read and cancel its own jobs"
+            ),
+        ))
+    }
 }
 
 fn parse_json(body: &[u8]) -> Result<Value, Problem> {
     serde_json::from_slice(body).map_err(|e| Problem::new(ProblemKind::InvalidJson, e.to_string()))
 }
 
-fn traceparent_of(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get(jetrun_core::envelope::H_TRACEPARENT)
-        .and_then(|v| v.to_str().ok())
+/// The request's W3C `traceparent`, if any. One that is not a traceparent (it would
+/// travel on as a NATS header) is refused rather than passed on.
+fn traceparent_of(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    let Some(v) = headers.get(jetrun_core::envelope::H_TRACEPARENT) else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
         .filter(|t| jetrun_core::envelope::trace_id_of(t).is_some())
-        .map(str::to_string)
+        .map(|t| Some(t.to_string()))
+        .ok_or_else(|| {
+            Problem::new(
+                ProblemKind::BadHeader,
+                "traceparent is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)",
+            )
+        })
 }
 
 /// The answer to a job submission.
@@ -96,6 +126,16 @@ pub struct Submitted {
     pub status: JobStatus,
     /// Whether a job with this idempotency key already existed.
     pub duplicate: bool,
+    /// Whether the job is in the store already. `false` (answered 202): no worker
+    /// answered, the submission is stored durably and dispatch admits it when a worker
+    /// serves the queue; until then `GET /v1/jobs/{id}` answers 404.
+    pub admitted: bool,
+    /// Whether a worker serves the job's queue now; `false` means the job waits until
+    /// one does (`null` when it could not be told).
+    pub served: Option<bool>,
+    /// Why the job may wait, for people.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
     /// The record.
     pub job: JobRecord,
 }
@@ -143,14 +183,24 @@ async fn submit_value(
             _ => spec.tenant = Some(tenant.to_string()),
         }
     }
+    // Bounds the schema cannot express (or that the operator tightened): a spec past
+    // them could never run and would fail every attempt.
+    spec.validate(&ingest.config.spec_limits)
+        .map_err(|e| Problem::spec(&e))?;
     let queue = spec.queue.clone();
     let admission = timed(ingest, async {
-        jetrun_nats::submit::submit(&ingest.ctx.store, &ingest.publisher, spec, traceparent, source)
-            .await
-            .map_err(submit_problem)
+        jetrun_nats::control::ControlClient::new(
+            ingest.ctx.client.clone(),
+            ingest.ctx.names.clone(),
+            "ingest",
+        )
+        .submit(spec, traceparent, source)
+        .await
+        .map_err(submit_problem)
     })
     .await?;
-    let (rec, duplicate) = match admission {
+    let admitted = admission.admitted;
+    let (rec, duplicate) = match admission.admission {
         Admission::New(r, _) => (r, false),
         Admission::Existing(r, _) => (r, true),
     };
@@ -165,11 +215,18 @@ async fn submit_value(
         .jobs_submitted
         .fetch_add(u64::from(!duplicate), Ordering::Relaxed);
     info!(job_id = %rec.id, %queue, tenant, duplicate, "job submitted over HTTP");
-    let code = if duplicate {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
+    let code = match (admitted, duplicate) {
+        (false, _) => StatusCode::ACCEPTED,
+        (true, true) => StatusCode::OK,
+        (true, false) => StatusCode::CREATED,
     };
+    let served = jetrun_nats::queues::serving(&ingest.ctx.js, &ingest.ctx.names, &queue)
+        .await
+        .ok()
+        .map(|s| s.is_served());
+    let warning = (served == Some(false)).then(|| {
+        format!("no worker serves queue {queue:?} now; the job waits until one does")
+    });
     let location = format!("/v1/jobs/{}", rec.id);
     let mut resp = (
         code,
@@ -177,6 +234,9 @@ async fn submit_value(
             id: rec.id.clone(),
             status: rec.status,
             duplicate,
+            admitted,
+            served,
+            warning,
             job: rec,
         }),
     )
@@ -214,12 +274,13 @@ pub async fn submit_job(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, b
         .map(|v| v.to_str().map(str::to_string))
         .transpose()
         .map_err(|_| Problem::new(ProblemKind::BadHeader, "Idempotency-Key is not visible ASCII"))?;
+    let traceparent = traceparent_of(&headers)?;
     submit_value(
         &ingest,
         &tenant,
         value,
         key,
-        traceparent_of(&headers),
+        traceparent,
         Some(format!("http:{tenant}")),
     )
     .await
@@ -266,7 +327,7 @@ pub async fn cancel_job(
             Ok(_) => return Err(not_found()),
             Err(e) => return Err(Problem::unavailable(e.message)),
         }
-        crate::jobs::cancel(&ingest.ctx, &id)
+        crate::jobs::cancel_as(&ingest.ctx, &tenant, &id)
             .await
             .map_err(|e| match e.kind {
                 CancelErrorKind::NotFound => not_found(),
@@ -303,7 +364,10 @@ pub fn parse_cloudevent(body: &[u8]) -> Result<StructuredEvent, Problem> {
     let invalid = |d: String| Problem::new(ProblemKind::ValidationFailed, d);
     let mut take = |name: &str, required: bool| -> Result<Option<String>, Problem> {
         match obj.remove(name) {
-            Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s)),
+            Some(Value::String(s)) if !s.trim().is_empty() => {
+                check_attribute(name, &s)?;
+                Ok(Some(s))
+            }
             Some(_) => Err(invalid(format!("attribute {name} must be a non-empty string"))),
             None if required => Err(invalid(format!("attribute {name} is required"))),
             None => Ok(None),
@@ -344,12 +408,14 @@ pub fn parse_cloudevent(body: &[u8]) -> Result<StructuredEvent, Problem> {
         .ok_or_else(|| invalid("attribute data is required".into()))?;
     let mut extensions = BTreeMap::new();
     for (k, v) in obj {
-        let name_ok =
-            !k.is_empty() && k.len() <= 20 && k.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-        if !name_ok {
-            return Err(invalid(format!(
-                "extension attribute {k:?} must be 1-20 of a-z 0-9"
-            )));
+        if !jetrun_core::envelope::valid_extension_name(&k) {
+            return Err(Problem::new(
+                ProblemKind::BadAttribute,
+                format!(
+                    "extension attribute {:?} must be 1-20 of a-z 0-9 and not a reserved name",
+                    k.escape_debug().to_string()
+                ),
+            ));
         }
         let v = match v {
             Value::String(s) => s,
@@ -361,6 +427,7 @@ pub fn parse_cloudevent(body: &[u8]) -> Result<StructuredEvent, Problem> {
                 )));
             }
         };
+        check_attribute(&k, &v)?;
         extensions.insert(k, v);
     }
     Ok(StructuredEvent {
@@ -378,6 +445,27 @@ pub fn parse_cloudevent(body: &[u8]) -> Result<StructuredEvent, Problem> {
     })
 }
 
+/// Refuses an attribute value that cannot travel as a NATS or HTTP header (CR, LF, NUL,
+/// other control bytes, non-ASCII) or is too long: 400, before anything is published.
+fn check_attribute(name: &str, v: &str) -> Result<(), Problem> {
+    use jetrun_core::envelope::{MAX_ATTRIBUTE_LEN, MAX_TRACESTATE_LEN, valid_header_value};
+    let max = if name == "tracestate" {
+        MAX_TRACESTATE_LEN
+    } else {
+        MAX_ATTRIBUTE_LEN
+    };
+    if valid_header_value(v, max) {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            ProblemKind::BadAttribute,
+            format!(
+                "attribute {name} must be at most {max} bytes of visible ASCII and space (no CR, LF, NUL or other control characters)"
+            ),
+        ))
+    }
+}
+
 /// `POST /v1/events`: a structured-mode CloudEvent, validated against its type's schema
 /// and published to the subject of its type. 202 with the subject and sequence.
 pub async fn post_event(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, body: Body) -> ApiResult {
@@ -385,6 +473,20 @@ pub async fn post_event(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, b
     let body = read_body(&headers, body, ingest.config.max_body_bytes).await?;
     let ev = parse_cloudevent(&body)?;
     let ty = ev.envelope.ty.as_str();
+    if ty != types::JOB_SUBMITTED {
+        require_operator(&tenant, &format!("a CloudEvent of type {ty}"))?;
+    }
+    // The scale family is checked by type at the edge: only a request is accepted, and
+    // an unknown `dev.jetrun.scale.*` type is the sender's error, not a new kind of event.
+    if ty.starts_with(SCALE_TYPE_PREFIX) && ty != types::SCALE_REQUESTED {
+        return Err(Problem::new(
+            ProblemKind::BadAttribute,
+            format!(
+                "type {ty} is not a scale request: the only scale event accepted is {}",
+                types::SCALE_REQUESTED
+            ),
+        ));
+    }
     if schema::schema_text(ty).is_none() {
         return Err(Problem::new(
             ProblemKind::UnknownEventType,
@@ -443,6 +545,9 @@ pub async fn post_event(State(ingest): State<Arc<Ingest>>, headers: HeaderMap, b
         )),
     }
 }
+
+/// Prefix of every scale event type.
+pub const SCALE_TYPE_PREFIX: &str = "dev.jetrun.scale.";
 
 fn published(subject: &str, seq: u64) -> Response {
     (
@@ -545,7 +650,9 @@ pub async fn scale(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult {
-    let _tenant = authenticate(&ingest, &headers)?;
+    let tenant = authenticate(&ingest, &headers)?;
+    require_operator(&tenant, "a scale request")?;
+    let traceparent = traceparent_of(&headers)?;
     let body = read_body(&headers, body, ingest.config.max_body_bytes).await?;
     let value = parse_json(&body)?;
     schema::validate_value(types::SCALE_REQUESTED, &value).map_err(|e| Problem::schema(&e))?;
@@ -561,7 +668,7 @@ pub async fn scale(
         ));
     }
     let env = ingest.publisher.envelope(types::SCALE_REQUESTED).with_trace(
-        traceparent_of(&headers).or_else(|| Some(jetrun_core::envelope::new_traceparent())),
+        traceparent.or_else(|| Some(jetrun_core::envelope::new_traceparent())),
         None,
     );
     let seq = scale_request(&ingest, &service, &req, env).await?;
@@ -585,9 +692,13 @@ pub struct QueueStats {
     pub cancelled: u64,
 }
 
-/// `GET /v1/stats`: per queue, and this instance.
+/// `GET /v1/stats`: per queue, and this instance. Operators only: the figures come from
+/// the index and the consumers, which know queues but not tenants, and a per-tenant
+/// count would mean reading every record, so a tenant gets 403 rather than every
+/// tenant's numbers.
 pub async fn stats(State(ingest): State<Arc<Ingest>>, headers: HeaderMap) -> ApiResult {
-    let _tenant = authenticate(&ingest, &headers)?;
+    let tenant = authenticate(&ingest, &headers)?;
+    require_operator(&tenant, "GET /v1/stats (figures across every tenant)")?;
     let ctx = &ingest.ctx;
     let (queues, running_here) = timed(&ingest, async {
         let unavailable = |e: &dyn std::fmt::Display| Problem::unavailable(e.to_string());

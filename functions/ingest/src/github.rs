@@ -214,7 +214,24 @@ pub fn inspect(
             reason: "event not in the allow-list",
         });
     }
+    check_text(&body, config.max_json_depth)?;
     let peeked = peek(&body)?;
+    // These become CloudEvent headers: a value a header cannot carry is refused here
+    // rather than published (or, before, panicking in the NATS client).
+    let header_safe = |v: &Option<String>| {
+        v.as_deref().is_none_or(|v| {
+            jetrun_core::envelope::valid_header_value(v, jetrun_core::envelope::MAX_ATTRIBUTE_LEN)
+        })
+    };
+    if !header_safe(&peeked.action)
+        || !header_safe(&peeked.repository_full_name)
+        || !header_safe(&peeked.organization_login)
+    {
+        return Err(Problem::new(
+            ProblemKind::ValidationFailed,
+            "action, repository.full_name and organization.login must be visible ASCII (they travel as headers)",
+        ));
+    }
     let subject = peeked.repository_full_name.or(peeked.organization_login);
     let action = peeked.action;
     let hook_id = header(headers, H_HOOK_ID)
@@ -229,6 +246,53 @@ pub fn inspect(
         hook_id,
         body,
     }))
+}
+
+/// Checks what the one-pass [`peek`] does not: the body is UTF-8 (serde skips ignored
+/// strings without decoding them, so invalid bytes would pass and be dead-lettered by
+/// every consumer) and arrays and objects nest at most `max_depth` deep (a consumer
+/// building a tree would recurse that far). One byte scan, no allocation.
+pub fn check_text(body: &[u8], max_depth: usize) -> Result<(), Problem> {
+    if let Err(e) = std::str::from_utf8(body) {
+        return Err(Problem::new(
+            ProblemKind::InvalidJson,
+            format!(
+                "{} payload is not UTF-8 (invalid byte at offset {})",
+                types::GITHUB_WEBHOOK,
+                e.valid_up_to()
+            ),
+        ));
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in body {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max_depth {
+                    return Err(Problem::new(
+                        ProblemKind::InvalidJson,
+                        format!(
+                            "{} payload nests deeper than {max_depth} levels",
+                            types::GITHUB_WEBHOOK
+                        ),
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// What ingest reads from a payload.
@@ -465,7 +529,11 @@ async fn publish(ingest: &Ingest, d: &Delivery, headers: &HeaderMap) -> Result<O
         .publisher
         .send_raw(subject, &env, d.body.clone())
         .await
-        .map_err(|e| Problem::unavailable(e.to_string()))?
+        .map_err(|e| match e.kind {
+            // Not retryable: GitHub would redeliver the same bytes forever.
+            jetrun_nats::PublishErrorKind::Invalid => Problem::new(ProblemKind::ValidationFailed, e.message),
+            _ => Problem::unavailable(e.to_string()),
+        })?
         .await
         .map_err(|e| Problem::unavailable(format!("publish: {e}")))?;
     if ack.duplicate {

@@ -22,6 +22,7 @@ pub mod jobs;
 #[cfg(feature = "lambda")]
 pub mod lambda;
 pub mod problem;
+pub mod server;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -35,6 +36,7 @@ use axum::http::{HeaderMap, header};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use http_body_util::BodyExt;
+use jetrun_core::SpecLimits;
 use jetrun_nats::EventPublisher;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -44,6 +46,7 @@ pub use auth::{ApiTokens, RateLimiter, WebhookSecrets};
 #[cfg(feature = "lambda")]
 pub use lambda::run_lambda;
 pub use problem::{Problem, ProblemKind};
+pub use server::{ServerLimits, serve_with};
 
 /// Environment variable with the webhook secrets (comma-separated for rotation).
 pub const ENV_SECRET: &str = "JETRUN_GITHUB_WEBHOOK_SECRET";
@@ -72,6 +75,11 @@ pub struct Config {
     pub insecure_dev: bool,
     /// `ce-source` of the events published (default `/jetrun/ingest`).
     pub source: String,
+    /// Bounds every submitted job spec must keep (default [`SpecLimits::default`]).
+    #[serde(skip)]
+    pub spec_limits: SpecLimits,
+    /// Deepest nesting of a webhook payload's JSON (default 64); deeper is 400.
+    pub max_json_depth: usize,
 }
 
 impl Default for Config {
@@ -84,6 +92,8 @@ impl Default for Config {
             rate_burst: 40,
             insecure_dev: false,
             source: "/jetrun/ingest".into(),
+            spec_limits: SpecLimits::default(),
+            max_json_depth: 64,
         }
     }
 }
@@ -252,6 +262,7 @@ pub fn router(ingest: Arc<Ingest>) -> Router {
         .route("/health", get(api::health))
         .route("/ready", get(api::ready))
         .fallback(api::not_found)
+        .layer(axum::middleware::from_fn(close_if_body_unread))
         .layer(axum::middleware::from_fn(trace_request))
         .with_state(ingest)
 }
@@ -275,15 +286,36 @@ async fn trace_request(
     resp
 }
 
-/// Serves `router` on `listener` until `shutdown`, then finishes requests in flight.
+/// An error answer (401, 413, 429, ...) is often given before the request body is read;
+/// the server then cannot reuse the connection and closes it. Saying so with
+/// `Connection: close` lets the client know instead of finding a dead socket on its next
+/// request. Requests without a body keep their connection.
+async fn close_if_body_unread(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v != "0");
+    let mut resp = next.run(req).await;
+    if has_body && (resp.status().is_client_error() || resp.status().is_server_error()) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// Serves `router` on `listener` with the default [`ServerLimits`] until `shutdown`,
+/// then finishes requests in flight.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    serve_with(listener, router, shutdown, ServerLimits::default()).await
 }
 
 /// Reads a body of at most `limit` bytes: refused on `Content-Length` before reading,

@@ -34,8 +34,12 @@ pub enum ProblemKind {
     PayloadTooLarge,
     /// A required header is missing or malformed (400).
     BadHeader,
-    /// The body is not JSON (400).
+    /// The body is not JSON, not UTF-8, or nests too deep (400).
     InvalidJson,
+    /// A CloudEvent attribute cannot travel as a header (CR, LF, NUL, control or
+    /// non-ASCII characters, too long), an extension name is invalid, or the type is not
+    /// one of its family (400).
+    BadAttribute,
     /// The body is JSON but does not match its schema (422).
     ValidationFailed,
     /// The CloudEvent type has no schema (422).
@@ -68,6 +72,7 @@ impl ProblemKind {
             ProblemKind::PayloadTooLarge => "payload-too-large",
             ProblemKind::BadHeader => "bad-header",
             ProblemKind::InvalidJson => "invalid-json",
+            ProblemKind::BadAttribute => "bad-attribute",
             ProblemKind::ValidationFailed => "validation-failed",
             ProblemKind::UnknownEventType => "unknown-event-type",
             ProblemKind::EventTypeNotAccepted => "event-type-not-accepted",
@@ -89,7 +94,9 @@ impl ProblemKind {
             ProblemKind::Forbidden => StatusCode::FORBIDDEN,
             ProblemKind::NotFound | ProblemKind::UnknownService => StatusCode::NOT_FOUND,
             ProblemKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ProblemKind::BadHeader | ProblemKind::InvalidJson => StatusCode::BAD_REQUEST,
+            ProblemKind::BadHeader | ProblemKind::InvalidJson | ProblemKind::BadAttribute => {
+                StatusCode::BAD_REQUEST
+            }
             ProblemKind::ValidationFailed
             | ProblemKind::UnknownEventType
             | ProblemKind::EventTypeNotAccepted => StatusCode::UNPROCESSABLE_ENTITY,
@@ -113,6 +120,7 @@ impl ProblemKind {
             ProblemKind::PayloadTooLarge => "Payload too large",
             ProblemKind::BadHeader => "Missing or malformed header",
             ProblemKind::InvalidJson => "Body is not valid JSON",
+            ProblemKind::BadAttribute => "Invalid CloudEvent attribute",
             ProblemKind::ValidationFailed => "Body does not match its schema",
             ProblemKind::UnknownEventType => "Unknown event type",
             ProblemKind::EventTypeNotAccepted => "Event type not accepted over HTTP",
@@ -199,6 +207,25 @@ impl Problem {
             retry_after: None,
             errors: e
                 .errors
+                .iter()
+                .map(|v| FieldError {
+                    pointer: v.pointer.clone(),
+                    reason: v.reason.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Problem {
+    /// A `validation-failed` problem listing every bound a job spec breaks.
+    pub fn spec(e: &jetrun_core::SpecError) -> Self {
+        Self {
+            kind: ProblemKind::ValidationFailed,
+            detail: e.to_string(),
+            retry_after: None,
+            errors: e
+                .violations
                 .iter()
                 .map(|v| FieldError {
                     pointer: v.pointer.clone(),

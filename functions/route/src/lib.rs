@@ -5,10 +5,11 @@
 //! repository, ref, branch, labels and a comment-body regex with named captures; a
 //! matching rule's job spec is rendered ([`template`]) and submitted with the
 //! idempotency key `github/<delivery>/<rule>`, so a redelivered webhook submits nothing
-//! new.
+//! new. Route publishes the submission only; dispatch admits it (decision 16).
 //!
 //! [`run`] consumes `<prefix>.webhook.>` from the webhooks stream with the durable
-//! consumer `route` (created if missing) under the consumer host: a transient failure is
+//! consumer `route` (made by `jetrun init`; route creates or updates it only where its
+//! credential allows) under the consumer host: a transient failure is
 //! retried, a job that cannot be rendered or is not a valid spec is dead-lettered with
 //! the reason.
 
@@ -21,7 +22,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer;
 use jetrun_host::{ConsumerHost, HandlerError, HostConfig, Incoming};
-use jetrun_nats::submit::SubmitError;
 use jetrun_nats::{EventPublisher, PublishErrorKind};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -70,14 +70,8 @@ pub enum RouteError {
 /// The durable consumer route reads webhooks with.
 pub fn consumer_config(names: &jetrun_core::Names, config: &Config) -> consumer::pull::Config {
     consumer::pull::Config {
-        durable_name: Some(names.consumer_route()),
-        description: Some("route: webhook events to job submissions".into()),
-        filter_subject: names.webhook_all(),
-        ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: config.ack_wait,
-        max_deliver: -1,
-        max_ack_pending: 1000,
-        ..Default::default()
+        ..jetrun_nats::Topology::new(names.clone()).route_consumer()
     }
 }
 
@@ -125,16 +119,27 @@ pub async fn handle(
         spec.labels
             .entry("github.delivery".into())
             .or_insert_with(|| delivery.to_string());
-        let source = Some(format!("github:{delivery}"));
-        match jetrun_nats::submit::submit(store, publisher, spec, env.traceparent.clone(), source).await {
-            Ok(a) => info!(rule = %m.rule, %delivery, job_id = %a.record().id, "rule submitted a job"),
-            Err(SubmitError::Invalid(e)) => failures.push(format!("rule {}: {e}", m.rule)),
-            Err(SubmitError::Publish(e)) if e.kind == PublishErrorKind::Invalid => {
-                failures.push(format!("rule {}: {e}", m.rule));
-            }
-            Err(SubmitError::Store(e)) if !e.is_transient() => failures.push(format!("rule {}: {e}", m.rule)),
-            // Transient: retry the whole event; jobs already submitted are found again
-            // by their idempotency keys.
+        // Route only publishes the submission (`ce-id` = the job id from the idempotency
+        // key): dispatch admits it on consume. Route's credential may not write the jobs
+        // bucket (decision 16), so a stolen one cannot rewrite a job record.
+        if let Err(e) = jetrun_nats::submit::validate(&spec, store.names()) {
+            failures.push(format!("rule {}: {e}", m.rule));
+            continue;
+        }
+        let id = jetrun_nats::submit::job_id_for(&spec);
+        match jetrun_nats::submit::publish_submission(
+            publisher,
+            store.names(),
+            &id,
+            &spec,
+            env.traceparent.clone(),
+        )
+        .await
+        {
+            Ok(_) => info!(rule = %m.rule, %delivery, job_id = %id, "rule submitted a job"),
+            Err(e) if e.kind == PublishErrorKind::Invalid => failures.push(format!("rule {}: {e}", m.rule)),
+            // Transient: retry the whole event; jobs already submitted are deduplicated
+            // by their id (`Nats-Msg-Id`) and by dispatch's create-if-absent admit.
             Err(e) => return Err(HandlerError::retry(e.to_string(), Duration::from_secs(2))),
         }
     }
@@ -163,12 +168,17 @@ pub async fn run(
         }
     };
     let names = ctx.names.clone();
-    jetrun_nats::topology::ensure_consumer(
+    // `jetrun init` (the operator) creates this consumer; route's own credential may only
+    // read it, so a refused create or update is not fatal when the consumer exists.
+    if let Err(e) = jetrun_nats::topology::ensure_consumer(
         &ctx.js,
         &names.stream_webhooks(),
         consumer_config(&names, &config),
     )
-    .await?;
+    .await
+    {
+        warn!(error = %e, "cannot create or update the route consumer; using it as `jetrun init` left it");
+    }
     let host = ConsumerHost::bind(
         &ctx.js,
         &names,

@@ -25,14 +25,19 @@ pub struct Args {
     /// HTTP address of the webhook endpoint and API.
     #[arg(long, env = "JETRUN_HTTP", default_value = "127.0.0.1:8080")]
     pub http: SocketAddr,
-    /// Queues to serve (comma-separated).
+    /// Queues to serve (comma-separated). The default `*` serves every queue, also ones
+    /// that appear later (each with its own consumer, concurrency and depth).
     #[arg(
         long = "queue",
         env = "JETRUN_QUEUES",
         value_delimiter = ',',
-        default_value = "default"
+        default_value = "*"
     )]
     pub queues: Vec<String>,
+    /// Allow listening beyond loopback (`--http`, `--nats-listen`) without a webhook
+    /// secret and API tokens. On loopback dev never needs them.
+    #[arg(long)]
+    pub insecure_dev: bool,
     #[command(flatten)]
     pub ingest: crate::cmd::serve::DevArgs,
     #[command(flatten)]
@@ -45,6 +50,9 @@ pub use super::supervise::Component;
 /// Runs until SIGTERM or Ctrl-C.
 pub async fn run(g: &GlobalOpts, a: Args) -> anyhow::Result<()> {
     let shutdown = jetrun_host::shutdown_on_signals();
+    // Fail closed before starting anything that listens.
+    let creds = jetrun_ingest::Credentials::from_env(a.ingest.http.github_secret_file.as_deref())?;
+    crate::cmd::serve::dev_insecure(&a, &creds)?;
     std::fs::create_dir_all(&a.data_dir).with_context(|| format!("creating {}", a.data_dir.display()))?;
 
     // The NATS server: an existing one if --nats-url was given explicitly, else managed.
@@ -100,7 +108,17 @@ async fn run_pipeline(
     let client = jetrun_nats::connect(nats_url, "jetrun-dev", Duration::from_secs(20)).await?;
     let js = async_nats::jetstream::new(client.clone());
     let mut topo = Topology::new(names.clone());
-    topo.queues = a.queues.clone();
+    // `*` is served by discovery (consumers are made per queue as queues appear); the
+    // topology declares the named queues, and always `default`.
+    topo.queues = a
+        .queues
+        .iter()
+        .filter(|q| *q != crate::cmd::worker::ALL_QUEUES)
+        .cloned()
+        .chain(std::iter::once("default".to_string()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     for r in topo.apply(&js).await? {
         info!(kind = r.kind, name = %r.name, change = ?r.change, "topology");
     }
@@ -113,8 +131,11 @@ async fn run_pipeline(
         "autoscale",
         crate::cmd::scale::start(&ctx, &a.data_dir, nats_url, shutdown.clone()).await?,
     ));
+    // In dev every queue may ask for network unless the flag says otherwise.
+    let mut lifecycle = a.lifecycle.clone();
+    lifecycle.network_queues.get_or_insert_with(|| vec!["*".into()]);
     components.extend(
-        crate::cmd::worker::components(&ctx, &a.lifecycle, &a.data_dir, &a.queues, shutdown.clone()).await?,
+        crate::cmd::worker::components(&ctx, &lifecycle, &a.data_dir, &a.queues, shutdown.clone()).await?,
     );
     // <<< components from functions: start each, push (name, handle); keep this marker >>>
     let _ = &ctx;

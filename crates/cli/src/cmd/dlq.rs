@@ -22,7 +22,9 @@ pub enum DlqCmd {
         /// Its sequence (from `dlq list`).
         seq: u64,
     },
-    /// Republish a dead letter to its original subject and remove it from the DLQ.
+    /// Republish a dead letter to its original subject and remove it from the DLQ. An
+    /// entry holding only an excerpt of a large message is replayed with the whole
+    /// original, read from its stream; if that stream no longer has it, nothing is sent.
     Replay {
         /// Its sequence (from `dlq list`).
         seq: u64,
@@ -62,6 +64,16 @@ pub async fn run(g: &GlobalOpts, cmd: DlqCmd) -> anyhow::Result<()> {
                 Ok(j) => j,
                 Err(_) => serde_json::Value::String(String::from_utf8_lossy(&payload).into_owned()),
             };
+            if e.payload_truncated {
+                // Say plainly that `payload` is only the start of the message.
+                v["note"] = serde_json::Value::String(format!(
+                    "payload is the first {} of {} bytes; `jetrun dlq replay {seq}` republishes the whole original from {} #{} while that stream retains it",
+                    payload.len(),
+                    e.payload_bytes.unwrap_or_default(),
+                    e.stream.as_deref().unwrap_or("?"),
+                    e.stream_seq.unwrap_or_default()
+                ));
+            }
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         DlqCmd::Replay { seq } => {

@@ -42,6 +42,9 @@ pub enum JobsCmd {
         /// Only this job.
         #[arg(long)]
         id: Option<String>,
+        /// One JSON object per line: the state-change event as published.
+        #[arg(long)]
+        json: bool,
     },
     /// Cancel a job: a queued job is cancelled at once; a running one is stopped.
     Cancel {
@@ -119,6 +122,12 @@ pub async fn run(g: &GlobalOpts, cmd: JobsCmd) -> anyhow::Result<()> {
                 println!("id:        {}", r.id);
                 println!("queue:     {}", r.queue);
                 println!("status:    {}", r.status);
+                if r.status == JobStatus::Queued
+                    && let Ok(s) = jetrun_nats::queues::serving(&ctx.js, &ctx.names, &r.queue).await
+                    && !s.is_served()
+                {
+                    println!("waiting:   no worker serves queue {} now", r.queue);
+                }
                 println!("attempt:   {}/{}", r.attempt, r.max_attempts);
                 println!("image:     {}", r.spec.image);
                 println!("command:   {:?}", r.spec.command);
@@ -141,7 +150,7 @@ pub async fn run(g: &GlobalOpts, cmd: JobsCmd) -> anyhow::Result<()> {
                 println!("revision:  {rev}");
             }
         }
-        JobsCmd::Watch { queue, id } => {
+        JobsCmd::Watch { queue, id, json } => {
             let subject = match (&queue, &id) {
                 (Some(q), Some(i)) => ctx.names.job_event(q, i),
                 (Some(q), None) => ctx.names.job_event(q, "*"),
@@ -152,6 +161,10 @@ pub async fn run(g: &GlobalOpts, cmd: JobsCmd) -> anyhow::Result<()> {
             eprintln!("watching; Ctrl-C to stop");
             while let Some(m) = sub.next().await {
                 if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&m.payload) {
+                    if json {
+                        println!("{v}");
+                        continue;
+                    }
                     println!(
                         "{}  {:<36}  {} -> {}",
                         v["at"].as_str().unwrap_or(""),

@@ -36,9 +36,27 @@ pub struct HttpArgs {
     /// API requests a tenant may burst.
     #[arg(long, env = "JETRUN_API_BURST", default_value_t = 40)]
     pub api_burst: u32,
+    /// Time a client has to send a request's headers, also between requests on a
+    /// kept-alive connection; the connection is closed after it.
+    #[arg(long, env = "JETRUN_HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub http_header_timeout: std::time::Duration,
+    /// A connection on which nothing was sent or received for this long is closed.
+    #[arg(long, env = "JETRUN_HTTP_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub http_idle_timeout: std::time::Duration,
+    /// Most HTTP connections open at once; more are answered 503 and closed.
+    #[arg(long, env = "JETRUN_HTTP_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub http_max_connections: usize,
 }
 
 impl HttpArgs {
+    fn limits(&self) -> jetrun_ingest::ServerLimits {
+        jetrun_ingest::ServerLimits {
+            header_read_timeout: self.http_header_timeout,
+            idle_timeout: self.http_idle_timeout,
+            max_connections: self.http_max_connections,
+        }
+    }
+
     fn config(&self, insecure_dev: bool) -> Config {
         Config {
             max_body_bytes: self.max_body,
@@ -59,8 +77,13 @@ impl HttpArgs {
 /// Serve the GitHub webhook endpoint and the HTTP API.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Address to listen on.
-    #[arg(long, env = "JETRUN_HTTP", default_value = "0.0.0.0:8080")]
+    /// HTTP address of the webhook endpoint and API (`--listen` is the old spelling).
+    #[arg(
+        long = "http",
+        alias = "listen",
+        env = "JETRUN_HTTP",
+        default_value = "0.0.0.0:8080"
+    )]
     pub listen: SocketAddr,
     /// Start without a webhook secret (signatures unchecked) and, without API tokens,
     /// with an open API. Never in production.
@@ -113,7 +136,7 @@ pub async fn run(g: &GlobalOpts, a: Args) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     println!("ready http=http://{addr}");
     info!(%addr, "serving webhooks and the API");
-    jetrun_ingest::serve(listener, router, shutdown).await?;
+    jetrun_ingest::serve_with(listener, router, shutdown, a.http.limits()).await?;
     Ok(())
 }
 
@@ -126,18 +149,25 @@ pub async fn dev_components(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Vec<Component>> {
     let creds = Credentials::from_env(a.ingest.http.github_secret_file.as_deref())?;
+    let insecure = dev_insecure(a, &creds)?;
     if creds.webhook_secrets.is_empty() {
         warn!(
             "jetrun dev: INSECURE DEV MODE, webhook signatures are not checked; set JETRUN_GITHUB_WEBHOOK_SECRET to check them"
         );
     }
-    let ingest = Ingest::new(ctx.clone(), a.ingest.http.config(true), creds).await?;
+    if creds.api_tokens.is_empty() {
+        warn!(
+            "jetrun dev: INSECURE DEV MODE, the API is open to anyone who reaches it; set JETRUN_API_TOKENS to require tokens"
+        );
+    }
+    let ingest = Ingest::new(ctx.clone(), a.ingest.http.config(insecure), creds).await?;
     let listener = tokio::net::TcpListener::bind(a.http)
         .await
         .with_context(|| format!("binding {}", a.http))?;
     let router = jetrun_ingest::router(ingest);
     let s = shutdown.clone();
-    let http = tokio::spawn(async move { Ok(jetrun_ingest::serve(listener, router, s).await?) });
+    let limits = a.ingest.http.limits();
+    let http = tokio::spawn(async move { Ok(jetrun_ingest::serve_with(listener, router, s, limits).await?) });
     let route_cfg = jetrun_route::Config {
         rules_file: a.ingest.rules.clone(),
         ..Default::default()
@@ -149,6 +179,40 @@ pub async fn dev_components(
     let ctx = ctx.clone();
     let route = tokio::spawn(async move { Ok(jetrun_route::run(ctx, route_cfg, shutdown).await?) });
     Ok(vec![("ingest", http), ("route", route)])
+}
+
+/// Whether dev may run without a webhook secret or API tokens: only where nobody else can
+/// reach it (the HTTP endpoint and the managed nats-server on loopback), or when the
+/// operator said `--insecure-dev`. Elsewhere it needs both, and says so.
+pub fn dev_insecure(a: &crate::cmd::dev::Args, creds: &Credentials) -> anyhow::Result<bool> {
+    let missing: Vec<&str> = [
+        (
+            creds.webhook_secrets.is_empty(),
+            "a webhook secret (JETRUN_GITHUB_WEBHOOK_SECRET)",
+        ),
+        (creds.api_tokens.is_empty(), "API tokens (JETRUN_API_TOKENS)"),
+    ]
+    .into_iter()
+    .filter_map(|(m, what)| m.then_some(what))
+    .collect();
+    let exposed: Vec<String> = [("--http", a.http), ("--nats-listen", a.nats_listen)]
+        .into_iter()
+        .filter(|(_, addr)| !addr.ip().is_loopback())
+        .map(|(flag, addr)| format!("{flag} {addr}"))
+        .collect();
+    if a.insecure_dev || missing.is_empty() || exposed.is_empty() {
+        if !exposed.is_empty() && a.insecure_dev && !missing.is_empty() {
+            warn!(exposed = %exposed.join(", "), "jetrun dev: --insecure-dev on a non-loopback address: anyone who reaches it runs commands");
+        }
+        return Ok(true);
+    }
+    anyhow::bail!(
+        "jetrun dev listens beyond loopback ({}) without {}: anyone who reaches it could run commands. \
+         Set {}, listen on 127.0.0.1, or pass --insecure-dev to accept the risk",
+        exposed.join(", "),
+        missing.join(" and "),
+        missing.join(" and ")
+    )
 }
 
 /// Run route alone: webhook events to job submissions, by a rules file.

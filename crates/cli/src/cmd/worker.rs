@@ -67,15 +67,89 @@ pub struct LifecycleArgs {
     /// are refused.
     #[arg(long, env = "JETRUN_CALLBACK_SECRET", hide_env_values = true)]
     pub callback_secret: Option<String>,
+    /// Host names and address ranges (CIDR, e.g. `10.1.0.0/16`) HTTP callbacks may reach
+    /// although they are loopback, private or link-local (repeat or comma-separate).
+    /// Default: none; such callbacks are refused and dead-lettered.
+    #[arg(long, env = "JETRUN_CALLBACK_ALLOW_HOSTS", value_delimiter = ',')]
+    pub callback_allow_hosts: Vec<String>,
     /// Do not run settle in this process (run it elsewhere).
     #[arg(long)]
     pub no_settle: bool,
+    /// Queues whose jobs may ask for `network: true` (repeat or comma-separate; `*` =
+    /// every queue). Such a task gets outbound access through slirp4netns in its own
+    /// network namespace, never the host's network. A network job on another queue fails
+    /// with `network_not_allowed`. Default: none for `jetrun worker`, `*` for `jetrun dev`.
+    #[arg(long, env = "JETRUN_NETWORK_QUEUES", value_delimiter = ',')]
+    pub network_queues: Option<Vec<String>>,
+    /// Size limit in MiB of an OCI task's scratch dir (`/work`, a tmpfs): writes past it
+    /// fail with ENOSPC instead of filling the host's disk.
+    #[arg(long, env = "JETRUN_TASK_SCRATCH_MB", default_value_t = 1024)]
+    pub task_scratch_mb: u64,
+}
+
+/// `--queue '*'`: serve every queue, including ones that appear later.
+pub const ALL_QUEUES: &str = "*";
+
+/// How often `--queue '*'` looks for queues it does not serve yet.
+const QUEUE_DISCOVERY_EVERY: Duration = Duration::from_secs(1);
+
+/// Serves every queue (`--queue '*'`): each queue with a submission waiting in the JOBS
+/// stream, or with jobs in the index, gets its own dispatch consumer and dispatcher (so
+/// its own concurrency and its own depth for the autoscaler) within one poll of its first
+/// submission. Ends when `shutdown` fires or a dispatcher fails.
+async fn serve_every_queue(
+    ctx: jetrun_host::Context,
+    dispatcher: jetrun_dispatch::Dispatcher,
+    already: Vec<String>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut served: std::collections::BTreeSet<String> = already.into_iter().collect();
+    let mut running = tokio::task::JoinSet::new();
+    let mut tick = tokio::time::interval(QUEUE_DISCOVERY_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(done) = running.join_next() => done??,
+            _ = tick.tick() => {
+                let mut found = match jetrun_nats::queues::pending_queues(&ctx.js, &ctx.names).await {
+                    Ok(q) => q,
+                    Err(e) => {
+                        warn!(error = %e, "listing queues failed; trying again");
+                        continue;
+                    }
+                };
+                // Queues with admitted jobs (whose submission may be re-published later).
+                if let Ok(indexed) = ctx.store.queues().await {
+                    found.extend(indexed);
+                }
+                for q in found {
+                    if jetrun_core::names::validate_token(&q).is_err() || served.contains(&q) {
+                        continue;
+                    }
+                    if let Err(e) = dispatcher.ensure_consumer(&q).await {
+                        warn!(queue = %q, error = %e, "creating the queue's consumer failed; trying again");
+                        continue;
+                    }
+                    info!(queue = %q, "serving a new queue");
+                    served.insert(q.clone());
+                    let (d, sd) = (dispatcher.clone(), shutdown.clone());
+                    running.spawn(async move { d.run(q, sd).await.map_err(anyhow::Error::from) });
+                }
+            }
+        }
+    }
+    while let Some(done) = running.join_next().await {
+        done??;
+    }
+    Ok(())
 }
 
 /// Run dispatch, the node agent and settle for some queues.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Queues to serve (repeat or comma-separate).
+    /// Queues to serve (repeat or comma-separate); `*` serves every queue, also ones
+    /// that appear later, each with its own consumer and concurrency.
     #[arg(
         long = "queue",
         short,
@@ -106,11 +180,16 @@ fn default_node_id(data_dir: &Path) -> String {
     format!("{}-{:08x}", jetrun_host::hostname(), h as u32)
 }
 
-/// Builds the runner `kind` over `data_dir`.
-pub async fn make_runner(kind: RunnerKind, data_dir: &Path) -> anyhow::Result<Arc<dyn Runner>> {
+/// Builds the runner `kind` over `data_dir`; OCI tasks get a `/work` of `scratch_mb` MiB.
+pub async fn make_runner(
+    kind: RunnerKind,
+    data_dir: &Path,
+    scratch_mb: u64,
+) -> anyhow::Result<Arc<dyn Runner>> {
     let oci = || {
         jetrun_runner::oci::OciRunner::new(jetrun_runner::oci::OciConfig {
             data_dir: data_dir.to_path_buf(),
+            work_size_mb: scratch_mb,
             ..Default::default()
         })
     };
@@ -161,11 +240,14 @@ pub async fn components(
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let mut ctx = ctx.clone();
     ctx.node_id = l.node_id.clone().unwrap_or_else(|| default_node_id(data_dir));
-    let runner = make_runner(l.runner, data_dir).await?;
+    let runner = make_runner(l.runner, data_dir, l.task_scratch_mb).await?;
     let agent_cfg = jetrun_agent::Config {
         lease_ttl: l.lease_ttl,
         renew_every: l.lease_renew,
         stop_grace: l.stop_grace,
+        // The operator opts queues in; unset means none (dev passes `*`).
+        network_queues: l.network_queues.clone().unwrap_or_default(),
+        queues: queues.to_vec(),
         ..Default::default()
     };
     let (agent, adoption, agent_task) =
@@ -180,7 +262,8 @@ pub async fn components(
         ..Default::default()
     };
     let dispatcher = jetrun_dispatch::Dispatcher::new(ctx.clone(), agent, dcfg);
-    for q in queues {
+    let every_queue = queues.iter().any(|q| q == ALL_QUEUES);
+    for q in queues.iter().filter(|q| *q != ALL_QUEUES) {
         jetrun_core::names::validate_token(q).map_err(|e| anyhow::anyhow!("queue {q:?}: {e}"))?;
         dispatcher.ensure_consumer(q).await?;
         let d = dispatcher.clone();
@@ -188,12 +271,21 @@ pub async fn components(
         let sd = shutdown.clone();
         out.push(("dispatch", tokio::spawn(async move { Ok(d.run(q, sd).await?) })));
     }
+    if every_queue {
+        let explicit: Vec<String> = queues.iter().filter(|q| *q != ALL_QUEUES).cloned().collect();
+        let (ctx, d, sd) = (ctx.clone(), dispatcher.clone(), shutdown.clone());
+        out.push((
+            "dispatch",
+            tokio::spawn(async move { serve_every_queue(ctx, d, explicit, sd).await }),
+        ));
+    }
     if !l.no_settle {
         let scfg = jetrun_settle::Config {
             backoff_base: l.retry_base,
             sweep_every: l.sweep_every,
             lease_grace: (l.lease_ttl * 3).max(Duration::from_secs(5)),
             callback_secret: l.callback_secret.clone(),
+            callback_allow_hosts: l.callback_allow_hosts.clone(),
             ..Default::default()
         };
         let s = jetrun_settle::Settle::new(ctx.clone(), scfg);

@@ -62,6 +62,21 @@ impl std::fmt::Debug for LocalBackend {
     }
 }
 
+/// Variables of this process a worker replica must not inherit: the ingest edge's API
+/// tokens and webhook secrets, and the callback secret when the replica runs no settle
+/// (`--no-settle`). An operator who really wants one passes it in `env` explicitly.
+pub fn secrets_not_for_replicas(args: &[String]) -> Vec<&'static str> {
+    let mut v = vec![
+        "JETRUN_API_TOKENS",
+        "JETRUN_GITHUB_WEBHOOK_SECRET",
+        "JETRUN_GITHUB_SECRET_FILE",
+    ];
+    if args.iter().any(|a| a == "--no-settle") {
+        v.push("JETRUN_CALLBACK_SECRET");
+    }
+    v
+}
+
 impl LocalBackend {
     /// A backend running `cfg.program` (or this executable).
     pub fn new(cfg: LocalConfig) -> Self {
@@ -145,6 +160,11 @@ impl LocalBackend {
             .stderr(log2)
             // A replica must not outlive a crashed autoscaler's handle on it.
             .kill_on_drop(true);
+        // A replica is a worker: it needs NATS credentials, not the HTTP edge's secrets,
+        // which this process (`jetrun dev`, the autoscaler) may hold in its environment.
+        for k in secrets_not_for_replicas(&self.cfg.args) {
+            cmd.env_remove(k);
+        }
         cmd.envs(&self.cfg.env);
         if let Some(url) = &self.cfg.nats_url {
             cmd.env("JETRUN_NATS_URL", url);

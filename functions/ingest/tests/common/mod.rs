@@ -12,10 +12,7 @@ use jetrun_nats::Topology;
 use tokio_util::sync::CancellationToken;
 
 pub const SECRET: &str = "it's-a-secret-to-everybody";
-pub const FIXTURES: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../fixtures/github-webhooks"
-);
+pub const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/github-webhooks");
 
 pub struct Env {
     pub server: NatsServer,
@@ -48,6 +45,22 @@ pub async fn start(config: Config, creds: Credentials) -> Env {
     let ctx = jetrun_host::Context::from_client(client.clone(), Names::default())
         .await
         .unwrap();
+    // The lifecycle's job-control service (dispatch runs it in production; decision 16),
+    // answering before the first request.
+    tokio::spawn(jetrun_nats::control::serve(
+        client.clone(),
+        ctx.store.clone(),
+        ctx.publisher("dispatch"),
+        std::future::pending(),
+    ));
+    let control = jetrun_nats::control::ControlClient::new(client.clone(), Names::default(), "test");
+    while control
+        .cancel("*", "probe")
+        .await
+        .is_err_and(|e| e.kind != jetrun_nats::control::CancelErrorKind::NotFound)
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     let ingest = Ingest::new(ctx, config, creds).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
