@@ -20,3 +20,27 @@ lint:
 # Benchmarks (release builds; see docs/benchmarks.md)
 bench:
     cargo run --release -p jetrun-nats --example bench_store
+
+# The deployable image (Dockerfile: multi-stage, non-root, production features) for
+# linux/arm64 and linux/amd64, pushed to IMAGE (a multi-arch image cannot be loaded into
+# the local daemon: for a local one, `just image jetrun:dev linux/amd64 --load`)
+image IMAGE="jetrun:dev" PLATFORMS="linux/arm64,linux/amd64" OUTPUT="--push":
+    docker buildx build --platform {{PLATFORMS}} -t {{IMAGE}} {{OUTPUT}} .
+
+# The Lambda functions as Lambda zips (cargo-lambda, from PyPI: pip install cargo-lambda):
+# target/lambda/jetrun-ecs-bridge/bootstrap.zip (the task-state bridge) and
+# target/lambda/jetrun/bootstrap.zip (ingest: `jetrun serve` with the lambda feature)
+lambda ARCH="--arm64":
+    python3 -m pip install --quiet --disable-pip-version-check cargo-lambda
+    cargo lambda build --release {{ARCH}} --output-format zip -p jetrun-ecs-bridge --features lambda
+    cargo lambda build --release {{ARCH}} --output-format zip -p jetrun --features lambda,ecs --bin jetrun
+
+# The ECS launch benchmark against moto (docs/benchmarks.md)
+bench-ecs:
+    cargo run --release -p jetrun-runner --features ecs --example bench_ecs_launch
+
+# Fault injection, long form: bigger loads and storms, plus the soak (docs/reliability.md).
+# JETRUN_CHAOS_SOAK_SECS sets the soak's length (default 300).
+chaos *ARGS:
+    cargo build -p jetrun
+    JETRUN_CHAOS=long cargo test -p jetrun-e2e --test faults -- --nocapture --test-threads 1 {{ARGS}}

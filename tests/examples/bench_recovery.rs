@@ -44,7 +44,10 @@ const FASTEST: &[&str] = &[
 ];
 
 fn env_num(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// One run: seconds from the kill to every job terminal.
@@ -97,7 +100,10 @@ async fn main() {
     let runs = env_num("JETRUN_BENCH_RUNS", 3);
     let runner = std::env::var("JETRUN_BENCH_RUNNER").unwrap_or_else(|_| "oci".into());
     println!("recovery of {jobs} jobs after the SIGKILL of their node ({runner} runner), {runs} runs each");
-    println!("{:<10} {:<9} {:>8} {:>8} {:>8}", "scenario", "settings", "min s", "median s", "max s");
+    println!(
+        "{:<10} {:<9} {:>8} {:>8} {:>8}",
+        "scenario", "settings", "min s", "median s", "max s"
+    );
     for scenario in ["takeover", "restart"] {
         for (name, flags) in [("default", DEFAULTS), ("fastest", FASTEST)] {
             let mut t = Vec::new();

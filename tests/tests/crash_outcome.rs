@@ -43,7 +43,11 @@ fn spawn(env: &Env, extra: &[&str]) -> Node {
 }
 
 fn busybox(script: &str) -> JobSpec {
-    JobSpec::new("default", "busybox", vec!["sh".into(), "-c".into(), script.into()])
+    JobSpec::new(
+        "default",
+        "busybox",
+        vec!["sh".into(), "-c".into(), script.into()],
+    )
 }
 
 async fn wait_running(env: &Env, ids: &[String]) {
@@ -91,7 +95,10 @@ async fn crash_and_restart(crash: Crash) -> Vec<JobRecord> {
         assert_ne!(r.exit_code, Some(137), "{crash:?}: a made-up SIGKILL: {r:?}");
     }
     let log = node.log_text();
-    assert!(log.contains("adopting a task"), "{crash:?}: nothing adopted; log:\n{log}");
+    assert!(
+        log.contains("adopting a task"),
+        "{crash:?}: nothing adopted; log:\n{log}"
+    );
     recs
 }
 
@@ -99,27 +106,47 @@ async fn crash_and_restart(crash: Crash) -> Vec<JobRecord> {
 async fn a_worker_sigkilled_alone_keeps_the_real_outcomes() {
     let recs = crash_and_restart(Crash::Worker).await;
     for r in &recs[..4] {
-        assert_eq!((r.status, r.exit_code, r.attempt), (JobStatus::Succeeded, Some(0), 1), "{r:?}");
+        assert_eq!(
+            (r.status, r.exit_code, r.attempt),
+            (JobStatus::Succeeded, Some(0), 1),
+            "{r:?}"
+        );
     }
     let r = &recs[4];
-    assert_eq!((r.status, r.exit_code, r.attempt), (JobStatus::Failed, Some(3), 1), "{r:?}");
+    assert_eq!(
+        (r.status, r.exit_code, r.attempt),
+        (JobStatus::Failed, Some(3), 1),
+        "{r:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_worker_sigkilled_with_its_shims_and_runc_run_keeps_the_real_outcomes() {
     let recs = crash_and_restart(Crash::WorkerAndShims).await;
     for r in &recs[..4] {
-        assert_eq!((r.status, r.exit_code, r.attempt), (JobStatus::Succeeded, Some(0), 1), "{r:?}");
+        assert_eq!(
+            (r.status, r.exit_code, r.attempt),
+            (JobStatus::Succeeded, Some(0), 1),
+            "{r:?}"
+        );
     }
     let r = &recs[4];
-    assert_eq!((r.status, r.exit_code, r.attempt), (JobStatus::Failed, Some(3), 1), "{r:?}");
+    assert_eq!(
+        (r.status, r.exit_code, r.attempt),
+        (JobStatus::Failed, Some(3), 1),
+        "{r:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tasks_that_died_with_the_node_are_retried_as_lost_and_then_succeed() {
     let recs = crash_and_restart(Crash::Node).await;
     for r in &recs[..4] {
-        assert_eq!((r.status, r.exit_code, r.attempt), (JobStatus::Succeeded, Some(0), 2), "{r:?}");
+        assert_eq!(
+            (r.status, r.exit_code, r.attempt),
+            (JobStatus::Succeeded, Some(0), 2),
+            "{r:?}"
+        );
         let kind = r.error.as_ref().map(|e| e.kind.as_str());
         assert!(
             matches!(kind, Some("lost" | "lease_expired")),
@@ -128,7 +155,11 @@ async fn tasks_that_died_with_the_node_are_retried_as_lost_and_then_succeed() {
     }
     // Its second attempt ran to its own end.
     let r = &recs[4];
-    assert_eq!((r.status, r.exit_code, r.attempt), (JobStatus::Failed, Some(3), 2), "{r:?}");
+    assert_eq!(
+        (r.status, r.exit_code, r.attempt),
+        (JobStatus::Failed, Some(3), 2),
+        "{r:?}"
+    );
 }
 
 /// Seconds from the job's start to its end, from its record.
@@ -145,7 +176,9 @@ async fn sleep_60_with_a_1_s_timeout_is_timed_out_within_2_s() {
     spec.timeout_seconds = Some(1);
     let id = env.submit(spec).await;
     let r = env
-        .wait_for(&id, Duration::from_secs(20), "terminal", |r| r.status.is_terminal())
+        .wait_for(&id, Duration::from_secs(20), "terminal", |r| {
+            r.status.is_terminal()
+        })
         .await;
     assert_eq!(r.status, JobStatus::TimedOut, "{r:?}");
     let t = run_time(&r);
@@ -163,7 +196,9 @@ async fn cancel_of_a_running_sleep_60_ends_it_within_2_s() {
     let t0 = Instant::now();
     env.cli(&["jobs", "cancel", &id]);
     let r = env
-        .wait_for(&id, Duration::from_secs(20), "terminal", |r| r.status.is_terminal())
+        .wait_for(&id, Duration::from_secs(20), "terminal", |r| {
+            r.status.is_terminal()
+        })
         .await;
     let took = t0.elapsed();
     assert_eq!(r.status, JobStatus::Cancelled, "{r:?}");
@@ -179,7 +214,9 @@ async fn a_command_that_traps_sigterm_still_gets_the_full_grace() {
     spec.timeout_seconds = Some(1);
     let id = env.submit(spec).await;
     let r = env
-        .wait_for(&id, Duration::from_secs(30), "terminal", |r| r.status.is_terminal())
+        .wait_for(&id, Duration::from_secs(30), "terminal", |r| {
+            r.status.is_terminal()
+        })
         .await;
     assert_eq!(r.status, JobStatus::TimedOut, "{r:?}");
     let t = run_time(&r);

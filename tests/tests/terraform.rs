@@ -4,8 +4,10 @@
 //! the example calls the modules the way `terraform validate` would accept (known
 //! variables only, every required one given, outputs and templates that exist), and the
 //! properties an operator reviews hold: encrypted volumes, a durable JetStream config,
-//! log retention, the autoscaler owning desired counts, the webhook route, and an IAM
-//! policy for the worker without wildcard actions.
+//! log retention, the autoscaler owning desired counts, the webhook route, an IAM
+//! policy for the worker without wildcard actions, and jobs as ECS tasks: the worker on
+//! the ECS runner, the bridge Lambda as the task-state rule's target with a dead-letter
+//! queue.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -14,11 +16,12 @@ use hcl::expr::{Operation, TraversalOperator};
 use hcl::template::{Directive, Element};
 use hcl::{Block, Body, Expression, ObjectKey, Template};
 
-const MODULES: [&str; 5] = [
+const MODULES: [&str; 6] = [
     "nats-cluster",
     "jetrun-service",
     "ingest-lambda",
     "job-tasks",
+    "ecs-bridge",
     "observability",
 ];
 const EXAMPLE: &str = "examples/complete";
@@ -1065,4 +1068,180 @@ fn worker_iam_policy_runs_job_tasks_without_wildcard_actions() {
         "found only {statements_seen} IAM statements"
     );
     assert!(wildcards.is_empty(), "wildcard IAM actions: {wildcards:?}");
+}
+
+#[test]
+fn jobs_run_as_ecs_tasks_and_their_state_reaches_nats_through_the_bridge() {
+    let example = Module::example();
+    let call = |name: &str| {
+        example
+            .blocks("module")
+            .find(|b| label(b, 0) == name)
+            .unwrap_or_else(|| panic!("the example calls module {name}"))
+    };
+    // The worker uses the ECS runner by default, configured for the job cluster.
+    let vars = example.variables();
+    let runner_default = attr(vars["worker_runner"].body(), "default").map(|e| e.to_string());
+    assert_eq!(runner_default.as_deref(), Some("\"ecs\""));
+    let worker_env = attr(call("worker").body(), "environment")
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    for key in ["JETRUN_RUNNER", "JETRUN_ECS_CONFIG"] {
+        assert!(
+            worker_env.contains(key),
+            "the worker's environment lacks {key}: {worker_env}"
+        );
+    }
+    let ecs_config = example.local("worker_ecs_config").to_string();
+    for wanted in [
+        "module.job_tasks.cluster_name",
+        "module.job_tasks.security_group_id",
+        "module.job_tasks.offline_security_group_id",
+        "module.job_tasks.default_task_definition_family",
+        "var.private_subnet_ids",
+        "shared_bucket",
+    ] {
+        assert!(
+            ecs_config.contains(wanted),
+            "worker_ecs_config lacks {wanted}: {ecs_config}"
+        );
+    }
+    // The bridge is the target of the job cluster's task-state rule.
+    let bridge = call("ecs_bridge");
+    let rule = attr(bridge.body(), "task_state_rule_name").map(|e| e.to_string());
+    assert_eq!(rule.as_deref(), Some("module.job_tasks.task_state_rule_name"));
+    let policy = attr(bridge.body(), "ecs_policy_json").map(|e| e.to_string());
+    assert_eq!(policy.as_deref(), Some("module.job_tasks.bridge_policy_json"));
+
+    let m = Module::named("ecs-bridge");
+    let target = m.resource("aws_cloudwatch_event_target", "task_state");
+    assert!(
+        attr(target.body(), "arn").is_some_and(|e| e.to_string().contains("aws_lambda_function.this.arn")),
+        "the rule's target is the bridge function"
+    );
+    // Failures go to the dead-letter queue: undeliverable events and failed invocations.
+    for (what, body) in [
+        ("the rule target", target.body()),
+        (
+            "the reconcile target",
+            m.resource("aws_cloudwatch_event_target", "reconcile").body(),
+        ),
+    ] {
+        let dlq = nested(body, "dead_letter_config");
+        assert!(
+            dlq.iter()
+                .any(|d| attr(d.body(), "arn").is_some_and(|e| e.to_string().contains("aws_sqs_queue.dlq"))),
+            "{what} has no dead-letter queue"
+        );
+    }
+    let f = m.resource("aws_lambda_function", "this");
+    assert!(
+        nested(f.body(), "dead_letter_config").iter().any(
+            |d| attr(d.body(), "target_arn").is_some_and(|e| e.to_string().contains("aws_sqs_queue.dlq"))
+        ),
+        "the function's failed invocations go to the dead-letter queue"
+    );
+    let entry = nested(f.body(), "image_config")
+        .iter()
+        .filter_map(|c| attr(c.body(), "entry_point").map(strings))
+        .next()
+        .unwrap_or_default();
+    assert_eq!(entry, vec!["/usr/local/bin/jetrun-ecs-bridge".to_string()]);
+    let invoke = m.resource("aws_lambda_function_event_invoke_config", "this");
+    let on_failure: Vec<String> = nested(invoke.body(), "destination_config")
+        .iter()
+        .flat_map(|d| nested(d.body(), "on_failure"))
+        .filter_map(|o| attr(o.body(), "destination").map(|e| e.to_string()))
+        .collect();
+    assert_eq!(
+        on_failure,
+        vec!["aws_sqs_queue.dlq.arn".to_string()],
+        "asynchronous failures go to the dead-letter queue"
+    );
+    let q = m.resource("aws_sqs_queue", "dlq");
+    assert!(
+        attr(q.body(), "sqs_managed_sse_enabled").is_some() && attr(q.body(), "kms_master_key_id").is_some(),
+        "the dead-letter queue is encrypted"
+    );
+
+    // The bridge's and the worker's ECS permissions stay in the job cluster.
+    let jt = Module::named("job-tasks");
+    for doc in ["worker", "bridge"] {
+        for s in nested(jt.data("aws_iam_policy_document", doc).body(), "statement") {
+            let acts = attr(s.body(), "actions").map(strings).unwrap_or_default();
+            if acts
+                .iter()
+                .any(|a| a.starts_with("ecs:") && a != "ecs:TagResource")
+            {
+                let on_cluster = nested(s.body(), "condition").iter().any(|c| {
+                    attr(c.body(), "variable").map(|v| v.to_string()).as_deref() == Some("\"ecs:cluster\"")
+                });
+                assert!(on_cluster, "{doc}: {acts:?} must be conditioned on ecs:cluster");
+            }
+        }
+    }
+    let worker_actions: BTreeSet<String> =
+        nested(jt.data("aws_iam_policy_document", "worker").body(), "statement")
+            .iter()
+            .flat_map(|s| attr(s.body(), "actions").map(strings).unwrap_or_default())
+            .collect();
+    assert!(
+        worker_actions.contains("ecs:ListTasks"),
+        "adoption needs ecs:ListTasks"
+    );
+}
+
+/// The NATS servers Terraform deploys get exactly the users and permissions of
+/// `infra/nats/accounts.conf` (the ones `crates/cli/tests/permissions.rs` attacks), with
+/// the deployment's prefix templated in: least privilege must hold in the cloud too.
+#[test]
+fn terraform_nats_users_are_the_tested_least_privilege_users() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let accounts = std::fs::read_to_string(root.join("infra/nats/accounts.conf")).unwrap();
+    let block = &accounts[accounts.find("accounts {").unwrap()..];
+    // JETRUN_<STREAM> → ${stream_prefix}_<STREAM> (not the $JETRUN_<USER>_PASSWORD
+    // variables), then jetrun- and jetrun. → ${prefix}- and ${prefix}.
+    let mut templated = String::new();
+    let mut rest = block;
+    while let Some(i) = rest.find("JETRUN_") {
+        let (head, tail) = rest.split_at(i);
+        templated.push_str(head);
+        let word: String = tail
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if head.ends_with('$') && word.ends_with("_PASSWORD") {
+            templated.push_str("JETRUN_");
+        } else {
+            templated.push_str("${stream_prefix}_");
+        }
+        rest = &tail["JETRUN_".len()..];
+    }
+    templated.push_str(rest);
+    let templated = templated
+        .replace("jetrun-", "${prefix}-")
+        .replace("jetrun.", "${prefix}.");
+    let tftpl =
+        std::fs::read_to_string(root.join("terraform/modules/nats-cluster/templates/nats-server.conf.tftpl"))
+            .unwrap();
+    assert!(
+        tftpl.contains(templated.trim_end()),
+        "the template's accounts block differs from infra/nats/accounts.conf; regenerate it"
+    );
+    assert!(
+        !tftpl.contains("\"$JS.API.>\""),
+        "no user may have the whole JetStream API"
+    );
+    // Every user of the template has its password in the Secrets Manager secret.
+    let vars = std::fs::read_to_string(root.join("terraform/modules/nats-cluster/variables.tf")).unwrap();
+    for user in ["ingest", "route", "worker", "autoscale", "bridge", "operator"] {
+        assert!(
+            tftpl.contains(&format!("user: {user},")),
+            "{user} missing from the template"
+        );
+        assert!(
+            vars.contains(&format!("\\\"{user}\\\"")),
+            "{user} missing from the secret's description"
+        );
+    }
 }

@@ -145,6 +145,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the whole pipeline on this machine: a managed nats-server (or --nats-url),
@@ -201,6 +203,9 @@ enum Command {
     },
     /// Print the man page (roff): `jetrun man | man -l -`.
     Man,
+    /// Live view: queues (depth, oldest age, running, rates), recent failures, nodes.
+    /// `--once` prints one frame (`--json` as JSON).
+    Top(cmd::top::Args),
     // <<< commands from functions: one line each, keep this marker >>>
 }
 
@@ -229,6 +234,7 @@ async fn main() -> std::process::ExitCode {
         Command::Image(a) => cmd::image::run(&cli.global, a).await,
         Command::Route(a) => cmd::serve::run_route(&cli.global, a).await,
         Command::Autoscale(a) => cmd::autoscale::run(&cli.global, a).await,
+        Command::Top(a) => cmd::top::run(&cli.global, a).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "jetrun", &mut std::io::stdout());
             Ok(())

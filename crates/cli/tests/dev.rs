@@ -1,102 +1,22 @@
 //! `jetrun dev` end to end: the real binary, a managed nats-server, real clients.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
-const BIN: &str = env!("CARGO_BIN_EXE_jetrun");
+mod common;
 
-struct Dev {
-    child: Child,
-    nats: String,
-    http: String,
-    _dir: tempfile::TempDir,
-}
+use common::{Dev, start_dev as start_dev_with};
 
-impl Drop for Dev {
-    fn drop(&mut self) {
-        // SIGTERM first: `jetrun dev` then stops its managed nats-server (a SIGKILL would
-        // leave that child running).
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(20) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts `jetrun dev` and waits for its `ready` line.
+/// `jetrun dev` serving only `default`, so a job on queue `parked` stays queued.
 fn start_dev() -> Dev {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .arg("dev")
-        .arg("--data-dir")
-        .arg(dir.path())
-        .arg("--nats-listen")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--http")
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .env_remove("JETRUN_NATS_URL")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let line = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("no ready line within 60 s");
-    assert!(line.starts_with("ready "), "unexpected first line: {line}");
-    let field = |k: &str| {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
-            .unwrap()
-            .to_string()
-    };
-    Dev {
-        nats: field("nats"),
-        http: field("http"),
-        child,
-        _dir: dir,
-    }
+    start_dev_with(&["--queue", "default"])
 }
 
 fn jetrun(dev: &Dev, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .env("JETRUN_NATS_URL", &dev.nats)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = common::jetrun(dev, args);
+    (out.status.success(), common::stdout(&out), common::stderr(&out))
 }
 
 #[tokio::test]

@@ -23,7 +23,7 @@ use futures::StreamExt;
 use jetrun_harness::{ServerOptions, ServerProcess, free_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_jetrun");
-const USERS: [&str; 5] = ["ingest", "route", "worker", "autoscale", "operator"];
+const USERS: [&str; 6] = ["ingest", "route", "worker", "autoscale", "bridge", "operator"];
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/github-webhooks");
 
 /// A child killed on drop.

@@ -17,7 +17,7 @@ fn every_infra_config_is_valid() {
             .arg("-c")
             .arg(&f)
             .envs(
-                ["INGEST", "ROUTE", "WORKER", "AUTOSCALE", "OPERATOR"]
+                ["INGEST", "ROUTE", "WORKER", "AUTOSCALE", "BRIDGE", "OPERATOR"]
                     .map(|u| (format!("JETRUN_{u}_PASSWORD"), "x".to_string())),
             )
             .output()

@@ -280,27 +280,63 @@ impl ConsumerHost {
                 header: jetrun_core::envelope::H_ID,
             })
             .and_then(jetrun_nats::events::from_header_map);
-        let (ce_id, ce_type, trace_id, traceparent) = match &envelope {
+        let (ce_id, ce_type, ce_subject, traceparent, tracestate) = match &envelope {
             Ok(e) => (
                 e.id.clone(),
                 e.ty.clone(),
-                e.trace_id().unwrap_or_default().to_string(),
+                e.subject.clone(),
                 e.traceparent.clone(),
+                e.tracestate.clone(),
             ),
-            Err(_) => (String::new(), String::new(), String::new(), None),
+            Err(_) => (String::new(), String::new(), None, None, None),
         };
+        let (queue, job_id) = job_of_subject(&msg.subject);
         let span = info_span!(
             "message",
+            otel.kind = "consumer",
+            otel.name = %format!("process {}", self.config.origin),
+            messaging.system = "nats",
+            messaging.destination.name = %msg.subject,
+            messaging.operation.type = "process",
+            messaging.operation.name = "process",
+            messaging.message.id = %ce_id,
+            messaging.consumer.group.name = %self.config.origin,
+            messaging.nats.stream_sequence = stream_seq,
+            messaging.message.delivery_count = delivered,
+            cloudevents.event_type = %ce_type,
             origin = %self.config.origin,
             subject = %msg.subject,
             seq = stream_seq,
             delivered,
             ce_id = %ce_id,
             ce_type = %ce_type,
-            trace_id = %trace_id,
+            trace_id = tracing::field::Empty,
+            jetrun.job_id = tracing::field::Empty,
+            jetrun.queue = tracing::field::Empty,
+            outcome = tracing::field::Empty,
         );
-        // With OpenTelemetry on, this span continues the producer's trace.
-        jetrun_telemetry::link_parent(&span, traceparent.as_deref());
+        if let Some(q) = queue {
+            span.record("jetrun.queue", q);
+        }
+        let is_job_event = ce_type.contains(".job.") || ce_type.contains(".task.");
+        if let Some(id) = job_id.or(ce_subject.as_deref().filter(|_| is_job_event)) {
+            span.record("jetrun.job_id", id);
+        }
+        // This span continues the producer's trace; a missing or invalid traceparent
+        // starts a new one.
+        jetrun_telemetry::link_remote(&span, traceparent.as_deref(), tracestate.as_deref());
+        let trace_id = span
+            .in_scope(jetrun_telemetry::current_context)
+            .map(|c| c.traceparent)
+            .or(traceparent)
+            .and_then(|t| jetrun_telemetry::TraceParent::parse(&t))
+            .map(|t| t.trace_id_hex());
+        if let Some(t) = trace_id {
+            span.record("trace_id", t.as_str());
+        }
+        let started = std::time::Instant::now();
+        let origin = self.config.origin.clone();
+        let metric_span = span.clone();
         async {
             let incoming = Incoming {
                 subject: msg.subject.to_string(),
@@ -325,6 +361,16 @@ impl ConsumerHost {
                     }
                 }
             };
+            let label = match &outcome {
+                Ok(Ok(Ok(()))) => "ack",
+                Ok(Ok(Err(HandlerError::Retry { .. }))) if self.last_delivery(delivered) => "dead_letter",
+                Ok(Ok(Err(HandlerError::Retry { .. }))) => "retry",
+                Ok(Ok(Err(HandlerError::Permanent { .. }))) => "dead_letter",
+                Ok(Err(_)) => "panic",
+                Err(_) => "timeout",
+            };
+            metric_span.record("outcome", label);
+            jetrun_telemetry::metrics::message_handled(&origin, label, started.elapsed());
             match outcome {
                 Ok(Ok(Ok(()))) => {
                     if let Err(e) = msg.ack().await {
@@ -405,6 +451,18 @@ impl ConsumerHost {
                 let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await;
             }
         }
+    }
+}
+
+/// The queue and job id a subject names: `<p>.job.<kind>.<queue>[.<id>]`,
+/// `<p>.task.<phase>.<id>`.
+fn job_of_subject(subject: &str) -> (Option<&str>, Option<&str>) {
+    let t: Vec<&str> = subject.split('.').collect();
+    match t.as_slice() {
+        [_, "job", _, queue] => (Some(queue), None),
+        [_, "job", _, queue, id, ..] => (Some(queue), Some(id)),
+        [_, "task", _, id] => (None, Some(id)),
+        _ => (None, None),
     }
 }
 
@@ -526,4 +584,80 @@ pub fn hostname() -> String {
             )
         })
         .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Reads the gauges a scrape shows from NATS — each queue's dispatch consumer
+/// (`num_pending`, `num_ack_pending`, the age of its oldest submission), the
+/// autoscaler's desired and current replicas per service, the connection state — into
+/// [`jetrun_telemetry::metrics`]. At most once a second per process: a scrape within a
+/// second of the last one reuses its figures. Failures leave the previous figures.
+pub async fn refresh_metrics(ctx: &Context) {
+    use std::sync::Mutex;
+    static LAST: Mutex<Option<std::time::Instant>> = Mutex::new(None);
+    {
+        let Ok(mut last) = LAST.lock() else { return };
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+    }
+    jetrun_telemetry::metrics::set_nats_connected(
+        ctx.client.connection_state() == async_nats::connection::State::Connected,
+    );
+    let read = async {
+        let stream = ctx.js.get_stream(ctx.names.stream_jobs()).await.ok()?;
+        let queues = ctx.store.queues().await.ok()?;
+        let mut depths = Vec::with_capacity(queues.len());
+        for q in queues {
+            let Ok(info) = stream.consumer_info(ctx.names.consumer_dispatch(&q)).await else {
+                continue;
+            };
+            let oldest = match stream
+                .direct_get_first_for_subject(ctx.names.job_submit(&q))
+                .await
+            {
+                Ok(m) => m
+                    .headers
+                    .get(jetrun_core::envelope::H_TIME)
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t.as_str()).ok())
+                    .map(|t| {
+                        (jetrun_core::now() - t.with_timezone(&chrono::Utc))
+                            .num_milliseconds()
+                            .max(0) as f64
+                            / 1000.0
+                    }),
+                Err(_) => None,
+            };
+            depths.push(jetrun_telemetry::metrics::QueueDepth {
+                queue: q,
+                pending: info.num_pending,
+                ack_pending: info.num_ack_pending as u64,
+                oldest_age_seconds: oldest,
+            });
+        }
+        Some(depths)
+    };
+    if let Some(d) = read.await {
+        jetrun_telemetry::metrics::set_queue_depths(&d);
+    }
+    let scale = async {
+        let kv = ctx.js.get_key_value(ctx.names.bucket_scale()).await.ok()?;
+        let mut keys = kv.keys().await.ok()?;
+        let mut out = Vec::new();
+        while let Some(k) = keys.next().await {
+            let Ok(k) = k else { continue };
+            if !k.starts_with("state.") {
+                continue;
+            }
+            if let Ok(Some(v)) = kv.get(&k).await
+                && let Ok(s) = serde_json::from_slice::<jetrun_core::scale::ScaleState>(&v)
+            {
+                out.push((s.service, u64::from(s.desired), u64::from(s.current)));
+            }
+        }
+        Some(out)
+    };
+    if let Some(s) = scale.await {
+        jetrun_telemetry::metrics::set_autoscale(&s);
+    }
 }

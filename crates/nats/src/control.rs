@@ -70,6 +70,8 @@ pub enum WireErrorKind {
     NotFound,
     /// JetStream unavailable or a lost race: retry.
     Unavailable,
+    /// JetStream is out of space: retry once space is freed.
+    StoreFull,
     /// Anything else (a corrupt record).
     Internal,
 }
@@ -109,6 +111,7 @@ impl WireError {
             StoreErrorKind::NotFound => WireErrorKind::NotFound,
             StoreErrorKind::InvalidKey => WireErrorKind::Invalid,
             StoreErrorKind::Unavailable | StoreErrorKind::Conflict => WireErrorKind::Unavailable,
+            StoreErrorKind::StoreFull => WireErrorKind::StoreFull,
             _ => WireErrorKind::Internal,
         };
         Self::new(kind, e.message.clone())
@@ -131,6 +134,9 @@ impl WireError {
             SubmitError::Store(s) => Self::from_store(s),
             SubmitError::Publish(p) if p.kind == PublishErrorKind::Invalid => {
                 Self::new(WireErrorKind::Invalid, p.message.clone())
+            }
+            SubmitError::Publish(p) if crate::store::is_store_full(&p.message) => {
+                Self::new(WireErrorKind::StoreFull, p.message.clone())
             }
             SubmitError::Publish(p) => Self::new(WireErrorKind::Unavailable, p.message.clone()),
         }
@@ -161,6 +167,14 @@ impl WireError {
             WireErrorKind::Invalid => store(StoreErrorKind::InvalidKey),
             WireErrorKind::NotFound => store(StoreErrorKind::NotFound),
             WireErrorKind::Unavailable => store(StoreErrorKind::Unavailable),
+            // Unavailable to callers that only know that kind (retry later), with the
+            // server's words kept so `store::is_store_full` (ingest's `store-full`
+            // problem) still tells it apart.
+            WireErrorKind::StoreFull => SubmitError::Store(StoreError {
+                kind: StoreErrorKind::Unavailable,
+                message: format!("store full: {}", self.message),
+                transition: None,
+            }),
             WireErrorKind::Internal => store(StoreErrorKind::Corrupt),
         }
     }
@@ -361,16 +375,34 @@ pub async fn serve_submit(
         }
         None => crate::submit::job_id_for(&spec),
     };
-    match crate::submit::submit_as(
-        store,
-        publisher,
-        id,
-        spec,
-        header(H_TRACEPARENT),
-        header(H_SOURCE),
+    // A server span continuing the client's trace (an invalid header starts a new one).
+    let span = tracing::info_span!(
+        "ctl.submit",
+        otel.kind = "server",
+        messaging.system = "nats",
+        messaging.operation.type = "process",
+        jetrun.job_id = %id,
+        jetrun.queue = %spec.queue,
+        jetrun.tenant = %spec.tenant(),
+    );
+    jetrun_telemetry::link_remote(
+        &span,
+        header(H_TRACEPARENT).as_deref(),
+        header(jetrun_core::envelope::H_TRACESTATE).as_deref(),
+    );
+    let submitted = tracing::Instrument::instrument(
+        crate::submit::submit_as(
+            store,
+            publisher,
+            id,
+            spec,
+            header(H_TRACEPARENT),
+            header(H_SOURCE),
+        ),
+        span,
     )
-    .await
-    {
+    .await;
+    match submitted {
         Ok(a) => {
             let duplicate = matches!(a, Admission::Existing(..));
             let revision = a.revision();
@@ -577,7 +609,13 @@ impl ControlClient {
     ) -> Result<Submitted, SubmitError> {
         crate::submit::validate(&spec, &self.names)?;
         let id = crate::submit::job_id_for(&spec);
-        let traceparent = traceparent.or_else(|| Some(jetrun_core::envelope::new_traceparent()));
+        // The current span's context when it continues this trace (or there is none).
+        let trace = jetrun_telemetry::outgoing(traceparent.as_deref(), None);
+        let tracestate = trace.as_ref().and_then(|t| t.tracestate.clone());
+        let traceparent = trace
+            .map(|t| t.traceparent)
+            .or(traceparent)
+            .or_else(|| Some(jetrun_core::envelope::new_traceparent()));
         let body = serde_json::to_vec(&spec).map_err(|e| {
             SubmitError::Publish(PublishError {
                 kind: PublishErrorKind::Encode,
@@ -589,6 +627,9 @@ impl ControlClient {
         crate::events::insert_header(&mut headers, H_JOB_ID, &id);
         if let Some(tp) = &traceparent {
             crate::events::insert_header(&mut headers, H_TRACEPARENT, tp);
+        }
+        if let Some(ts) = &tracestate {
+            crate::events::insert_header(&mut headers, jetrun_core::envelope::H_TRACESTATE, ts);
         }
         if let Some(s) = &source {
             crate::events::insert_header(&mut headers, H_SOURCE, s);
@@ -671,7 +712,7 @@ impl ControlClient {
             Ok(CancelReply::Refused { error }) => Err(CancelError {
                 kind: match error.kind {
                     WireErrorKind::NotFound | WireErrorKind::Invalid => CancelErrorKind::NotFound,
-                    WireErrorKind::Unavailable => CancelErrorKind::Unavailable,
+                    WireErrorKind::Unavailable | WireErrorKind::StoreFull => CancelErrorKind::Unavailable,
                     WireErrorKind::Internal => CancelErrorKind::Store,
                 },
                 job_id: id.into(),

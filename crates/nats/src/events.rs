@@ -1,10 +1,21 @@
 //! CloudEvents over NATS: the envelope in headers, the JSON data in the body.
+//!
+//! Trace context: every publish gets a producer span (`otel.kind = producer`, the
+//! OpenTelemetry messaging attributes) and carries *that* span's W3C context, so the
+//! consumer's span is its child and one job is one trace ([`jetrun_telemetry::outgoing`]
+//! decides between the current span and the context the envelope names). Incoming
+//! headers are read strictly: a `traceparent` that breaks the W3C rules is dropped, the
+//! message is still processed and its span starts a new trace.
+//!
+//! Metrics: the state changes and dead letters published here are counted
+//! ([`jetrun_telemetry::metrics`]) by the process that committed them.
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishAckFuture};
 use bytes::Bytes;
-use jetrun_core::{Envelope, EnvelopeError, schema};
+use jetrun_core::{Envelope, EnvelopeError, envelope, schema};
 use serde::Serialize;
+use tracing::Instrument;
 
 /// What went wrong publishing an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,27 +57,176 @@ pub fn insert_header(h: &mut HeaderMap, name: &str, value: &str) -> bool {
     }
 }
 
-/// Converts an envelope to NATS headers.
+/// Converts an envelope to NATS headers. Its trace context is replaced by the current
+/// span's when that is in the same trace or the envelope has none
+/// ([`jetrun_telemetry::outgoing`]).
 pub fn to_header_map(env: &Envelope) -> HeaderMap {
     let mut h = HeaderMap::new();
+    let trace = jetrun_telemetry::outgoing(env.traceparent.as_deref(), env.tracestate.as_deref());
     for (k, v) in env.to_headers() {
+        if k == envelope::H_TRACEPARENT || k == envelope::H_TRACESTATE {
+            continue;
+        }
         insert_header(&mut h, &k, &v);
+    }
+    match trace {
+        Some(t) => {
+            insert_header(&mut h, envelope::H_TRACEPARENT, &t.traceparent);
+            if let Some(ts) = &t.tracestate {
+                insert_header(&mut h, envelope::H_TRACESTATE, ts);
+            }
+        }
+        // No valid context and none current: pass on what the envelope had (never
+        // worse than before), the consumer starts a new trace if it is invalid.
+        None => {
+            for (k, v) in env.to_headers() {
+                if k == envelope::H_TRACEPARENT || k == envelope::H_TRACESTATE {
+                    insert_header(&mut h, &k, &v);
+                }
+            }
+        }
     }
     h
 }
 
-/// Reads an envelope from NATS headers.
+/// Reads an envelope from NATS headers. A `traceparent` that breaks the W3C rules
+/// (version `ff`, all-zero ids, uppercase hex, wrong length) is dropped with its
+/// `tracestate`, and an invalid `tracestate` alone is dropped: the message is read and
+/// its span starts a new trace, it is not refused.
 pub fn from_header_map(h: &HeaderMap) -> Result<Envelope, EnvelopeError> {
     let names: Vec<String> = h.iter().map(|(k, _)| k.to_string()).collect();
+    let raw = |name: &str| {
+        h.iter()
+            .find(|(k, _)| k.to_string().eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v.first())
+            .map(|v| v.as_str().to_string())
+    };
+    let tp_ok =
+        raw(envelope::H_TRACEPARENT).is_some_and(|t| jetrun_telemetry::TraceParent::parse(&t).is_some());
+    let ts_ok =
+        tp_ok && raw(envelope::H_TRACESTATE).is_some_and(|t| jetrun_telemetry::w3c::valid_tracestate(&t));
     Envelope::from_headers(
         |name| {
-            h.iter()
-                .find(|(k, _)| k.to_string().eq_ignore_ascii_case(name))
-                .and_then(|(_, v)| v.first())
-                .map(|v| v.as_str().to_string())
+            if name.eq_ignore_ascii_case(envelope::H_TRACEPARENT) && !tp_ok {
+                return None;
+            }
+            if name.eq_ignore_ascii_case(envelope::H_TRACESTATE) && !ts_ok {
+                return None;
+            }
+            raw(name)
         },
         names.iter().map(String::as_str),
     )
+}
+
+/// The queue and job id of a subject `<prefix>.job.<kind>.<queue>[.<id>]` or
+/// `<prefix>.task.<phase>.<id>`, as far as they can be told from it.
+fn job_of_subject(subject: &str) -> (Option<&str>, Option<&str>) {
+    let t: Vec<&str> = subject.split('.').collect();
+    match t.as_slice() {
+        [_, "job", _, queue] => (Some(queue), None),
+        [_, "job", _, queue, id, ..] => (Some(queue), Some(id)),
+        [_, "task", _, id] => (None, Some(id)),
+        _ => (None, None),
+    }
+}
+
+/// The span name's destination: the subject without its job id (bounded names).
+fn destination_template(subject: &str) -> String {
+    let t: Vec<&str> = subject.split('.').collect();
+    match t.as_slice() {
+        [p, "job", k, q, _, ..] => format!("{p}.job.{k}.{q}.{{job_id}}"),
+        [p, "task", ph, _] => format!("{p}.task.{ph}.{{job_id}}"),
+        _ => subject.to_string(),
+    }
+}
+
+/// The light view of a state-change event the metrics need.
+#[derive(serde::Deserialize)]
+struct ChangeView {
+    queue: String,
+    #[serde(default)]
+    from: Option<String>,
+    to: String,
+    #[serde(default)]
+    attempt: u32,
+    #[serde(default)]
+    error: Option<ErrorView>,
+    record: RecordView,
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorView {
+    kind: String,
+}
+
+#[derive(serde::Deserialize)]
+struct RecordView {
+    created_at: chrono::DateTime<chrono::Utc>,
+    updated_at: chrono::DateTime<chrono::Utc>,
+    #[serde(default)]
+    started_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default)]
+    spec: SpecView,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct SpecView {
+    #[serde(default)]
+    tenant: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct DeadLetterView {
+    origin: String,
+    reason_kind: String,
+}
+
+const TERMINAL: &[&str] = &["succeeded", "failed", "timed_out", "cancelled"];
+
+/// Counts what a published event records (state changes, dead letters) and names the job
+/// on the producer span.
+fn observe(span: &tracing::Span, env: &Envelope, body: &[u8]) {
+    if env.ty == schema::types::JOB_STATE_CHANGED {
+        let Ok(c) = serde_json::from_slice::<ChangeView>(body) else {
+            return;
+        };
+        span.record("jetrun.queue", c.queue.as_str());
+        span.record("jetrun.attempt", c.attempt);
+        span.record(
+            "jetrun.tenant",
+            c.record.spec.tenant.as_deref().unwrap_or("default"),
+        );
+        // The callback copy of a terminal change is the same transition.
+        if env.id.ends_with(".callback") {
+            return;
+        }
+        let secs = |a: chrono::DateTime<chrono::Utc>, b: chrono::DateTime<chrono::Utc>| {
+            (b - a).num_microseconds().map(|us| us as f64 / 1e6)
+        };
+        let at = c.record.updated_at;
+        let terminal = TERMINAL.contains(&c.to.as_str());
+        jetrun_telemetry::metrics::job_transition(&jetrun_telemetry::metrics::Transition {
+            queue: &c.queue,
+            from: c.from.as_deref(),
+            to: &c.to,
+            terminal,
+            error_kind: c.error.as_ref().map(|e| e.kind.as_str()),
+            queue_wait: (c.to == "running")
+                .then(|| secs(c.record.created_at, at))
+                .flatten(),
+            run: if terminal {
+                c.record.started_at.and_then(|s| secs(s, at))
+            } else {
+                None
+            },
+            end_to_end: terminal.then(|| secs(c.record.created_at, at)).flatten(),
+        });
+    } else if env.ty == schema::types::DEAD_LETTER
+        && let Ok(d) = serde_json::from_slice::<DeadLetterView>(body)
+    {
+        jetrun_telemetry::metrics::dead_letter(&d.origin, &d.reason_kind);
+    }
 }
 
 /// Headers as a plain map (first value of each), for dead letters and logs.
@@ -162,13 +322,51 @@ impl EventPublisher {
             subject: subject.clone(),
             message: e.to_string(),
         })?;
-        self.js
-            .publish_with_headers(subject.clone(), to_header_map(env), body)
-            .await
-            .map_err(|e| PublishError {
-                kind: PublishErrorKind::Unavailable,
-                subject,
-                message: e.to_string(),
+        let (queue, job_id) = job_of_subject(&subject);
+        let span = tracing::info_span!(
+            "publish",
+            otel.kind = "producer",
+            otel.name = %format!("send {}", destination_template(&subject)),
+            messaging.system = "nats",
+            messaging.destination.name = %subject,
+            messaging.operation.type = "send",
+            messaging.operation.name = "publish",
+            messaging.message.id = %env.id,
+            cloudevents.event_type = %env.ty,
+            jetrun.job_id = tracing::field::Empty,
+            jetrun.queue = tracing::field::Empty,
+            jetrun.attempt = tracing::field::Empty,
+            jetrun.tenant = tracing::field::Empty,
+        );
+        if let Some(q) = queue {
+            span.record("jetrun.queue", q);
+        }
+        if let Some(id) = job_id.or(env.subject.as_deref()) {
+            span.record("jetrun.job_id", id);
+        }
+        // A background loop publishing for a job of another trace: continue the job's.
+        if let Some(t) = jetrun_telemetry::outgoing(env.traceparent.as_deref(), env.tracestate.as_deref())
+            && jetrun_telemetry::current_context().is_none_or(|c| {
+                jetrun_telemetry::TraceParent::parse(&c.traceparent).map(|p| p.trace_id)
+                    != jetrun_telemetry::TraceParent::parse(&t.traceparent).map(|p| p.trace_id)
             })
+        {
+            jetrun_telemetry::link_remote(&span, Some(&t.traceparent), t.tracestate.as_deref());
+        }
+        observe(&span, env, &body);
+        let js = self.js.clone();
+        async move {
+            // Inside the producer span: the headers carry its context.
+            let headers = to_header_map(env);
+            js.publish_with_headers(subject.clone(), headers, body)
+                .await
+                .map_err(|e| PublishError {
+                    kind: PublishErrorKind::Unavailable,
+                    subject,
+                    message: e.to_string(),
+                })
+        }
+        .instrument(span)
+        .await
     }
 }

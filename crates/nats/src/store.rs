@@ -46,11 +46,14 @@ pub enum StoreErrorKind {
     InvalidKey,
     /// JetStream is unavailable or timed out: retry later.
     Unavailable,
+    /// JetStream refused a write for lack of space (insufficient resources, a stream's
+    /// or the account's maximum bytes): retry after space is freed or added.
+    StoreFull,
 }
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
-#[error("job store: {kind:?}: {message}")]
+#[error("{}{message}", kind_prefix(kind))]
 pub struct StoreError {
     /// What kind of failure.
     pub kind: StoreErrorKind,
@@ -68,12 +71,60 @@ impl StoreError {
             transition: None,
         }
     }
+    /// A failure of JetStream: [`StoreErrorKind::StoreFull`] when it says it is out of
+    /// space, else [`StoreErrorKind::Unavailable`].
     fn unavailable(e: impl std::fmt::Display) -> Self {
-        Self::new(StoreErrorKind::Unavailable, e.to_string())
+        let message = e.to_string();
+        let kind = if is_store_full(&message) {
+            StoreErrorKind::StoreFull
+        } else {
+            StoreErrorKind::Unavailable
+        };
+        Self::new(kind, message)
     }
     /// Whether retrying later may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self.kind, StoreErrorKind::Unavailable | StoreErrorKind::Conflict)
+        matches!(
+            self.kind,
+            StoreErrorKind::Unavailable | StoreErrorKind::Conflict | StoreErrorKind::StoreFull
+        )
+    }
+}
+
+/// Whether a JetStream error message says the store is out of space: the server's
+/// "insufficient resources" (10023), "insufficient storage resources available"
+/// (10047), "maximum bytes exceeded" (a stream's `max_bytes` with discard new) and
+/// "resource limits exceeded for account". Matched on the text: the client wraps the
+/// server's code differently for publishes, KV writes and API requests.
+pub fn is_store_full(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "insufficient resources",
+        "insufficient storage",
+        "insufficient memory",
+        "maximum bytes exceeded",
+        "resource limits exceeded",
+        "no space left",
+        "store full",
+        "err_code=10023",
+        "err_code=10047",
+    ]
+    .iter()
+    .any(|needle| m.contains(needle))
+}
+
+/// How old an index entry naming no record must be before a listing drops it. Admission
+/// writes the index entry first and the record right after, so a younger entry may name
+/// a record being created.
+const DANGLING_INDEX_GRACE: Duration = Duration::from_secs(60);
+
+fn kind_prefix(kind: &StoreErrorKind) -> String {
+    match kind {
+        StoreErrorKind::StoreFull => "job store full (JetStream has no space for this write: free space, \
+             raise the server's max_file_store or the stream's max_bytes, then retry): "
+            .to_string(),
+        StoreErrorKind::Unavailable => "job store unavailable (retry later): ".to_string(),
+        other => format!("job store: {other:?}: "),
     }
 }
 
@@ -113,6 +164,38 @@ where
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(800));
         attempt_timeout = (attempt_timeout * 2).min(Duration::from_secs(4));
+    }
+}
+
+/// Whether a write's error proves the write was not applied: no stream leader took the
+/// request ("no responders", which the client reports as "no stream found for given
+/// subject"), as during a leader election. Only such writes are retried inside the store;
+/// a timed-out compare-and-set may have committed (decision 14).
+fn not_applied(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("no stream found for given subject") || m.contains("no responders")
+}
+
+/// Runs a write, retrying for up to [`READ_RETRY_FOR`] while its error proves it was not
+/// applied ([`not_applied`]), so a stream leader's election (4–8 s after its node dies)
+/// costs a delay, not a failed lease, claim or job.
+async fn write_with_retry<T, E, F, Fut>(mut write: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let deadline = tokio::time::Instant::now() + READ_RETRY_FOR;
+    let mut delay = Duration::from_millis(25);
+    loop {
+        match write().await {
+            Err(e) if not_applied(&e.to_string()) && tokio::time::Instant::now() + delay < deadline => {
+                tracing::debug!(error = %e, retry_in_ms = delay.as_millis() as u64, "write not applied (no stream leader); retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(800));
+            }
+            other => return other,
+        }
     }
 }
 
@@ -171,7 +254,9 @@ pub struct StateChange {
     pub error: Option<jetrun_core::JobError>,
     /// When.
     pub at: jetrun_core::Timestamp,
-    /// The full record after the change.
+    /// The record after the change. On `<prefix>.job.event.…` its `spec.env` is left
+    /// out (watchers do not need it, and it can be large); on the callback subject it is
+    /// whole.
     pub record: JobRecord,
 }
 
@@ -287,6 +372,12 @@ impl JobStore {
     }
 
     /// Admits a job: stores it if no job has its id, else reports the existing one.
+    ///
+    /// The index entry (`<queue>.active.<id>`) is written **before** the record, so every
+    /// stored record is listed and reachable by dispatch's reconcile even when the
+    /// caller dies or its submission's publish fails right after. If the record's create
+    /// then fails, the entry names no record: listings ignore it, and drop it once older
+    /// than a minute.
     pub async fn admit(&self, rec: JobRecord) -> Result<Admission, StoreError> {
         if !jetrun_core::job::valid_job_id(&rec.id) {
             return Err(StoreError::new(
@@ -294,7 +385,12 @@ impl JobStore {
                 format!("invalid job id {:?}", rec.id),
             ));
         }
-        match self.jobs.create(&rec.id, encode(&rec)?).await {
+        let key = index_key(&rec);
+        write_with_retry(|| self.index.put(&key, Bytes::new()))
+            .await
+            .map_err(StoreError::unavailable)?;
+        let body = encode(&rec)?;
+        match write_with_retry(|| self.jobs.create(&rec.id, body.clone())).await {
             Ok(rev) => {
                 self.after_commit(None, &rec, rev).await?;
                 Ok(Admission::New(rec, rev))
@@ -303,10 +399,48 @@ impl JobStore {
                 let (existing, rev) = self.get(&rec.id).await?.ok_or_else(|| {
                     StoreError::new(StoreErrorKind::Conflict, "job vanished during admission")
                 })?;
+                if index_key(&existing) != key {
+                    // A duplicate of a job that has moved on: take back the entry just
+                    // written (its own entry is already there).
+                    self.purge_index_key(&key).await?;
+                }
                 Ok(Admission::Existing(existing, rev))
             }
             Err(e) => Err(StoreError::unavailable(e)),
         }
+    }
+
+    /// Whether the jobs bucket can take writes, without writing (a reader such as ingest
+    /// may not): its stream answers (so it has a leader), and it is not at its
+    /// `max_bytes`. [`StoreErrorKind::StoreFull`] or [`StoreErrorKind::Unavailable`].
+    pub async fn check_writable(&self) -> Result<(), StoreError> {
+        let mut stream = self
+            .events
+            .jetstream()
+            .get_stream(format!("KV_{}", self.names.bucket_jobs()))
+            .await
+            .map_err(StoreError::unavailable)?;
+        let info = stream.info().await.map_err(StoreError::unavailable)?;
+        if let Some(c) = &info.cluster
+            && c.leader.is_none()
+        {
+            return Err(StoreError::new(
+                StoreErrorKind::Unavailable,
+                format!("bucket {}: no stream leader", self.names.bucket_jobs()),
+            ));
+        }
+        let max = info.config.max_bytes;
+        if max > 0 && info.state.bytes >= max as u64 {
+            return Err(StoreError::new(
+                StoreErrorKind::StoreFull,
+                format!(
+                    "bucket {}: {} of {max} bytes used (maximum bytes exceeded)",
+                    self.names.bucket_jobs(),
+                    info.state.bytes
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// The record and its revision, if the job exists.
@@ -333,7 +467,8 @@ impl JobStore {
         t: &Transition,
     ) -> Result<(JobRecord, u64), StoreError> {
         let next = current.apply(t, jetrun_core::now())?;
-        match self.jobs.update(&current.id, encode(&next)?, revision).await {
+        let body = encode(&next)?;
+        match write_with_retry(|| self.jobs.update(&current.id, body.clone(), revision)).await {
             Ok(rev) => {
                 self.after_commit(Some(current), &next, rev).await?;
                 Ok((next, rev))
@@ -372,7 +507,8 @@ impl JobStore {
         let new_key = index_key(after);
         let old_key = before.map(index_key).filter(|k| *k != new_key);
         let index_put = async {
-            if old_key.is_some() || before.is_none() {
+            // On admission (`before` is none) the entry was written before the record.
+            if old_key.is_some() {
                 self.index
                     .put(&new_key, Bytes::new())
                     .await
@@ -405,10 +541,11 @@ impl JobStore {
                     .with_id(format!("{}.{rev}", after.id))
                     .with_subject(after.id.clone())
                     .with_trace(after.traceparent.clone(), None);
-                let body = Bytes::from(
-                    serde_json::to_vec(&change)
-                        .map_err(|e| StoreError::new(StoreErrorKind::Corrupt, e.to_string()))?,
-                );
+                let to_body = |c: &StateChange| {
+                    serde_json::to_vec(c)
+                        .map(Bytes::from)
+                        .map_err(|e| StoreError::new(StoreErrorKind::Corrupt, e.to_string()))
+                };
                 // A job that asked for a callback also gets its terminal change on the
                 // callback subject, and that one must be stored before we return: it is
                 // the only trigger of the callback. (Its own message id: the stream would
@@ -419,16 +556,26 @@ impl JobStore {
                         .send_raw(
                             self.names.job_callback(&after.queue, &after.id),
                             &cb_env,
-                            body.clone(),
+                            to_body(&change)?,
                         )
                         .await
                         .map_err(StoreError::unavailable)?
                         .await
                         .map_err(StoreError::unavailable)?;
                 }
+                // Watchers get the record without the spec's environment: a large env
+                // (16 KB) would make every transition that large and fill the events
+                // stream (and env values may be secrets). The callback copy above keeps
+                // the whole record: receivers and settle read it.
+                let mut slim = change;
+                slim.record.spec.env.clear();
                 let ack = self
                     .events
-                    .send_raw(self.names.job_event(&after.queue, &after.id), &env, body)
+                    .send_raw(
+                        self.names.job_event(&after.queue, &after.id),
+                        &env,
+                        to_body(&slim)?,
+                    )
                     .await
                     .map_err(StoreError::unavailable)?;
                 // The record is already committed and authoritative; the event is a
@@ -469,6 +616,25 @@ impl JobStore {
                 tracing::debug!(key = %stale, error = %e, "stale index entry not repaired");
             }
         });
+    }
+
+    /// Drops an index entry that names no record, unless it is young enough to belong to
+    /// an admission in progress (entry first, record right after).
+    async fn drop_dangling(&self, key: &str) {
+        let old = match self.index.entry(key).await {
+            Ok(Some(e)) => {
+                let age = chrono::Utc::now().timestamp() - e.created.unix_timestamp();
+                age > DANGLING_INDEX_GRACE.as_secs() as i64
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::debug!(key, error = %e, "index entry not read");
+                false
+            }
+        };
+        if old {
+            self.repair_index(None, key).await;
+        }
     }
 
     async fn purge_index_key(&self, key: &str) -> Result<(), StoreError> {
@@ -562,7 +728,7 @@ impl JobStore {
                             out.push(rec);
                         }
                     }
-                    None => self.repair_index(None, &format!("{queue}.{group}.{id}")).await,
+                    None => self.drop_dangling(&format!("{queue}.{group}.{id}")).await,
                 }
                 if out.len() >= limit {
                     break;
@@ -643,13 +809,16 @@ impl JobStore {
             format!("{}s", ttl_secs(ttl).as_secs()).as_str(),
         );
         let subject = format!("$KV.{}.{}", self.names.bucket_leases(), lease.job_id);
-        let ack = self
-            .events
-            .jetstream()
-            .publish_with_headers(subject, headers, body.into())
-            .await
-            .map_err(StoreError::unavailable)?;
-        match ack.await {
+        let body = Bytes::from(body);
+        let published = write_with_retry(|| async {
+            self.events
+                .jetstream()
+                .publish_with_headers(subject.clone(), headers.clone(), body.clone())
+                .await?
+                .await
+        })
+        .await;
+        match published {
             Ok(a) => Ok(a.sequence),
             Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {
                 Err(StoreError::new(
@@ -737,6 +906,56 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
+    }
+
+    #[test]
+    fn store_full_and_not_applied_are_told_from_other_failures() {
+        for m in [
+            "publish failed: insufficient resources (code 503, error code 10023)",
+            "maximum bytes exceeded",
+            "insufficient storage resources available",
+        ] {
+            assert!(is_store_full(m), "{m}");
+            assert_eq!(StoreError::unavailable(m).kind, StoreErrorKind::StoreFull);
+        }
+        for m in [
+            "timed out",
+            "no stream found for given subject",
+            "failed getting entry",
+        ] {
+            assert!(!is_store_full(m), "{m}");
+            assert_eq!(StoreError::unavailable(m).kind, StoreErrorKind::Unavailable);
+        }
+        assert!(not_applied("no stream found for given subject"));
+        assert!(not_applied("503 No Responders"));
+        assert!(!not_applied("timed out: didn't receive ack in time"));
+        let full = StoreError::unavailable("insufficient resources").to_string();
+        assert!(full.starts_with("job store full"), "{full}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_is_retried_only_while_it_was_surely_not_applied() {
+        let calls = AtomicU32::new(0);
+        let got: Result<u32, String> = write_with_retry(|| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                match n {
+                    0 | 1 => Err("no stream found for given subject".to_string()),
+                    _ => Ok(5),
+                }
+            }
+        })
+        .await;
+        assert_eq!(got.unwrap(), 5);
+        // A timeout may have committed: returned at once, never retried.
+        let calls = AtomicU32::new(0);
+        let got: Result<u32, String> = write_with_retry(|| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async { Err("timed out".to_string()) }
+        })
+        .await;
+        assert!(got.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test(start_paused = true)]

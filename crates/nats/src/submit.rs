@@ -1,6 +1,7 @@
 //! Submitting jobs, shared by every producer that can admit (the CLI, the HTTP API).
 //!
-//! The job is admitted first (KV create: it is visible as `queued` at once), then its
+//! The job is admitted first (index entry, then KV create: it is visible as `queued` at
+//! once and listed, so dispatch's reconcile finds it even if what follows fails), then its
 //! submission is published on `<prefix>.job.submit.<queue>` with `Nats-Msg-Id` = job id.
 //! A retry with the same idempotency key finds the existing job and publishes again,
 //! which is harmless: JetStream dedupes within its window and dispatch ignores a
@@ -63,17 +64,18 @@ pub fn validate(spec: &JobSpec, names: &jetrun_core::Names) -> Result<(), Submit
         })
     })?;
     schema::validate_value(types::JOB_SUBMITTED, &value).map_err(SubmitError::Invalid)?;
-    spec.validate(&jetrun_core::limits::SpecLimits::default()).map_err(|e| {
-        invalid(
-            e.violations
-                .into_iter()
-                .map(|v| jetrun_core::ValidationError {
-                    pointer: v.pointer,
-                    reason: v.reason,
-                })
-                .collect(),
-        )
-    })?;
+    spec.validate(&jetrun_core::limits::SpecLimits::default())
+        .map_err(|e| {
+            invalid(
+                e.violations
+                    .into_iter()
+                    .map(|v| jetrun_core::ValidationError {
+                        pointer: v.pointer,
+                        reason: v.reason,
+                    })
+                    .collect(),
+            )
+        })?;
     jetrun_core::callback::check(spec, jetrun_core::callback::DEFAULT_SUBJECT_ROOT, names.prefix()).map_err(
         |e| {
             invalid(vec![jetrun_core::ValidationError {
@@ -109,12 +111,63 @@ pub async fn submit_as(
     validate(&spec, store.names())?;
     let traceparent = traceparent.or_else(|| Some(jetrun_core::envelope::new_traceparent()));
     let record = JobRecord::new(id.clone(), spec.clone(), traceparent.clone(), source);
-    let admission = store.admit(record).await?;
+    // A retry (the same idempotency key) usually finds its job: one read, no write.
+    let admission = match store.get(&id).await? {
+        Some((existing, rev)) => Admission::Existing(existing, rev),
+        // Retried through a failover: the admission is create-if-absent, so a create
+        // whose answer was lost reports the job as existing on the next try (the index
+        // write is a plain put).
+        None => {
+            retry_transient(
+                "admit",
+                || store.admit(record.clone()),
+                |e: &StoreError| e.kind == crate::store::StoreErrorKind::Unavailable,
+            )
+            .await?
+        }
+    };
     if admission.record().status == jetrun_core::JobStatus::Queued {
         let tp = admission.record().traceparent.clone().or(traceparent);
-        publish_submission(publisher, store.names(), &id, &spec, tp).await?;
+        // Retried too: `Nats-Msg-Id` = job id, so a publish that did land is stored once.
+        retry_transient(
+            "publish",
+            || publish_submission(publisher, store.names(), &id, &spec, tp.clone()),
+            |e: &crate::PublishError| {
+                e.kind == crate::PublishErrorKind::Unavailable && !crate::store::is_store_full(&e.message)
+            },
+        )
+        .await?;
     }
     Ok(admission)
+}
+
+/// How long a submission's admit and publish keep retrying transient failures: a
+/// stream leader's election after a node dies takes 4–8 s (decision 14). A caller that
+/// gives up sooner (the HTTP API answers 503) is safe: a retried write that lands late
+/// is create-if-absent or deduped by its message id.
+const SUBMIT_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(8);
+
+/// Runs an idempotent write, retrying while `transient` says so, for up to
+/// [`SUBMIT_RETRY_FOR`] (25 ms doubling to 800 ms between attempts).
+async fn retry_transient<T, E, F, Fut>(what: &str, mut op: F, transient: impl Fn(&E) -> bool) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let deadline = tokio::time::Instant::now() + SUBMIT_RETRY_FOR;
+    let mut delay = std::time::Duration::from_millis(25);
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if transient(&e) && tokio::time::Instant::now() + delay < deadline => {
+                tracing::debug!(what, error = %e, retry_in_ms = delay.as_millis() as u64, "submission write failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_millis(800));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Publishes the submission of job `id` on `<prefix>.job.submit.<queue>` without

@@ -3,6 +3,12 @@
 //! Idempotent: running it twice changes nothing; a setting that differs from the desired
 //! one is applied (and reported), not ignored. Names come from [`jetrun_core::Names`], so
 //! several deployments can share one server.
+//!
+//! Redundancy is never lowered silently: without an explicit replica count
+//! ([`Topology::replicas`] `None`) every existing stream and bucket keeps its replicas
+//! (new ones get one); an explicit count below what a stream or bucket has is refused
+//! ([`TopologyErrorKind::WouldLowerReplicas`]) unless [`Topology::force_replicas`] is set,
+//! and then applied with a warning in the report and the log.
 
 use std::time::Duration;
 
@@ -48,6 +54,36 @@ pub struct Applied {
     pub name: String,
     /// What happened.
     pub change: Change,
+    /// Set when the change lowered durability (fewer replicas, memory storage): applied
+    /// because it was asked for explicitly, but worth an operator's attention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+impl Applied {
+    fn new(kind: &'static str, name: String, change: Change) -> Self {
+        Self {
+            kind,
+            name,
+            change,
+            warning: None,
+        }
+    }
+}
+
+/// Why `init` failed on one resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TopologyErrorKind {
+    /// The server or client refused or failed.
+    Server,
+    /// The resource has more replicas than asked for, and lowering was not forced.
+    WouldLowerReplicas {
+        /// Replicas it has.
+        have: usize,
+        /// Replicas asked for.
+        want: usize,
+    },
 }
 
 /// `init` failed on one resource.
@@ -58,8 +94,21 @@ pub struct TopologyError {
     pub kind: &'static str,
     /// Its name.
     pub name: String,
-    /// The server's or client's explanation.
+    /// The server's or client's explanation, or ours.
     pub message: String,
+    /// What kind of failure.
+    pub error: TopologyErrorKind,
+}
+
+impl TopologyError {
+    fn server(kind: &'static str, name: &str, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            name: name.to_string(),
+            message: message.into(),
+            error: TopologyErrorKind::Server,
+        }
+    }
 }
 
 /// The desired JetStream topology of one deployment.
@@ -67,8 +116,14 @@ pub struct TopologyError {
 pub struct Topology {
     /// Names (from the prefix).
     pub names: Names,
-    /// Replicas of every stream and bucket (1 for dev, 3 in production).
-    pub replicas: usize,
+    /// Replicas of every stream and bucket (3 in production). `None`: keep what each
+    /// existing stream and bucket has, 1 for new ones. `Some(n)` applies `n` everywhere,
+    /// but an existing resource with more replicas is refused unless
+    /// [`Self::force_replicas`].
+    pub replicas: Option<usize>,
+    /// Lower the replicas of existing streams and buckets to [`Self::replicas`] (a warning
+    /// each). Without it a lower explicit count is refused.
+    pub force_replicas: bool,
     /// Queues that get their dispatch consumer now (others get one when a dispatcher
     /// for them starts).
     pub queues: Vec<String>,
@@ -77,14 +132,86 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// The default topology for `names`: R1, file storage, the `default` queue.
+    /// The default topology for `names`: replicas kept (R1 for new resources), file
+    /// storage, the `default` queue.
     pub fn new(names: Names) -> Self {
         Self {
             names,
-            replicas: 1,
+            replicas: None,
+            force_replicas: false,
             queues: vec!["default".into()],
             storage: StorageType::File,
         }
+    }
+
+    /// Replicas a resource gets when it is created.
+    fn replicas_for_new(&self) -> usize {
+        self.replicas.unwrap_or(1).max(1)
+    }
+
+    /// The replicas to apply to an existing resource that has `have`: kept when none
+    /// were asked for; refused when fewer were asked for without force; else the count
+    /// asked for, with a warning when it lowers durability.
+    fn replicas_for_existing(
+        &self,
+        kind: &'static str,
+        name: &str,
+        have: usize,
+    ) -> Result<(usize, Option<String>), TopologyError> {
+        let have = have.max(1);
+        let Some(want) = self.replicas.map(|r| r.max(1)) else {
+            return Ok((have, None));
+        };
+        if want >= have {
+            return Ok((want, None));
+        }
+        if !self.force_replicas {
+            return Err(TopologyError {
+                kind,
+                name: name.to_string(),
+                message: format!(
+                    "has {have} replicas, {want} asked for: refusing to lower redundancy \
+                     (pass --force-replicas to lower it, or omit --replicas to keep {have})"
+                ),
+                error: TopologyErrorKind::WouldLowerReplicas { have, want },
+            });
+        }
+        let warning = format!("replicas lowered from {have} to {want} (forced): less redundancy");
+        tracing::warn!(kind, name, have, want, "lowering replicas (forced)");
+        Ok((want, Some(warning)))
+    }
+
+    /// Before changing anything: refuses (naming the first resource) when an explicit
+    /// replica count would lower an existing stream or bucket and lowering is not forced,
+    /// so a refused `init` leaves everything as it was.
+    async fn refuse_lowering(&self, js: &jetstream::Context) -> Result<(), TopologyError> {
+        if self.replicas.is_none() || self.force_replicas {
+            return Ok(());
+        }
+        let streams = self
+            .streams()
+            .into_iter()
+            .map(|c| ("stream", c.name.clone(), c.name));
+        let buckets = self
+            .buckets()
+            .into_iter()
+            .map(|c| ("bucket", format!("KV_{}", c.bucket), c.bucket));
+        for (kind, stream_name, name) in streams.chain(buckets) {
+            match js.get_stream(&stream_name).await {
+                Ok(mut s) => {
+                    let have = s
+                        .info()
+                        .await
+                        .map_err(|e| TopologyError::server(kind, &name, e.to_string()))?
+                        .config
+                        .num_replicas;
+                    self.replicas_for_existing(kind, &name, have)?;
+                }
+                Err(e) if stream_not_found(&e) => {}
+                Err(e) => return Err(TopologyError::server(kind, &name, e.to_string())),
+            }
+        }
+        Ok(())
     }
 
     /// The desired stream configurations.
@@ -97,7 +224,7 @@ impl Topology {
                 subjects,
                 max_age,
                 storage: self.storage,
-                num_replicas: self.replicas,
+                num_replicas: self.replicas_for_new(),
                 duplicate_window: Duration::from_secs(120),
                 // Direct gets let `dlq list` and watchers read without creating consumers.
                 allow_direct: true,
@@ -157,7 +284,7 @@ impl Topology {
             description: description.to_string(),
             history: 1,
             storage: self.storage,
-            num_replicas: self.replicas,
+            num_replicas: self.replicas_for_new(),
             ..Default::default()
         };
         vec![
@@ -230,12 +357,13 @@ impl Topology {
 
     /// Creates or upgrades everything; returns what changed.
     pub async fn apply(&self, js: &jetstream::Context) -> Result<Vec<Applied>, TopologyError> {
+        self.refuse_lowering(js).await?;
         let mut report = Vec::new();
         for cfg in self.streams() {
-            report.push(ensure_stream(js, cfg).await?);
+            report.push(self.ensure_stream(js, cfg).await?);
         }
         for cfg in self.buckets() {
-            report.push(ensure_bucket(js, cfg).await?);
+            report.push(self.ensure_bucket(js, cfg).await?);
         }
         for q in &self.queues {
             report.push(ensure_consumer(js, &self.names.stream_jobs(), self.dispatch_consumer(q)).await?);
@@ -265,87 +393,96 @@ fn stream_differs(have: &stream::Config, want: &stream::Config) -> bool {
         || have.allow_direct != want.allow_direct
 }
 
-async fn ensure_stream(js: &jetstream::Context, want: stream::Config) -> Result<Applied, TopologyError> {
-    let name = want.name.clone();
-    let err = |e: String| TopologyError {
-        kind: "stream",
-        name: name.clone(),
-        message: e,
-    };
-    match js.get_stream(&name).await {
-        Ok(mut s) => {
-            let have = s.info().await.map_err(|e| err(e.to_string()))?.config.clone();
-            if stream_differs(&have, &want) {
-                js.update_stream(want).await.map_err(|e| err(e.to_string()))?;
-                Ok(Applied {
-                    kind: "stream",
-                    name,
-                    change: Change::Updated,
-                })
-            } else {
-                Ok(Applied {
-                    kind: "stream",
-                    name,
-                    change: Change::Unchanged,
-                })
-            }
-        }
-        Err(e) if stream_not_found(&e) => {
-            js.create_stream(want).await.map_err(|e| err(e.to_string()))?;
-            Ok(Applied {
-                kind: "stream",
-                name,
-                change: Change::Created,
-            })
-        }
-        Err(e) => Err(err(e.to_string())),
+/// A warning when `have` → `want` storage lowers durability (file to memory).
+fn storage_warning(have: StorageType, want: StorageType) -> Option<String> {
+    (have == StorageType::File && want == StorageType::Memory)
+        .then(|| "storage changed from file to memory: contents are lost on a restart".to_string())
+}
+
+fn join_warnings(a: Option<String>, b: Option<String>) -> Option<String> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+        (a, b) => a.or(b),
     }
 }
 
-async fn ensure_bucket(js: &jetstream::Context, want: kv::Config) -> Result<Applied, TopologyError> {
-    let name = want.bucket.clone();
-    let err = |e: String| TopologyError {
-        kind: "bucket",
-        name: name.clone(),
-        message: e,
-    };
-    let stream_name = format!("KV_{name}");
-    match js.get_stream(&stream_name).await {
-        Ok(mut s) => {
-            let have = s.info().await.map_err(|e| err(e.to_string()))?.config.clone();
-            let differs = have.max_age != want.max_age
-                || have.max_messages_per_subject != want.history
-                || have.num_replicas.max(1) != want.num_replicas.max(1)
-                || have.storage != want.storage
-                || have.allow_message_ttl != want.limit_markers.is_some()
-                || have.subject_delete_marker_ttl != want.limit_markers
-                || have.description.as_deref().unwrap_or("") != want.description;
-            if differs {
-                js.create_or_update_key_value(want)
-                    .await
-                    .map_err(|e| err(e.to_string()))?;
-                Ok(Applied {
-                    kind: "bucket",
-                    name,
-                    change: Change::Updated,
-                })
-            } else {
-                Ok(Applied {
-                    kind: "bucket",
-                    name,
-                    change: Change::Unchanged,
-                })
+impl Topology {
+    async fn ensure_stream(
+        &self,
+        js: &jetstream::Context,
+        mut want: stream::Config,
+    ) -> Result<Applied, TopologyError> {
+        let name = want.name.clone();
+        let err = |e: String| TopologyError::server("stream", &name, e);
+        match js.get_stream(&name).await {
+            Ok(mut s) => {
+                let have = s.info().await.map_err(|e| err(e.to_string()))?.config.clone();
+                let (replicas, warning) = self.replicas_for_existing("stream", &name, have.num_replicas)?;
+                want.num_replicas = replicas;
+                if stream_differs(&have, &want) {
+                    let warning = join_warnings(warning, storage_warning(have.storage, want.storage));
+                    if let Some(w) = &warning {
+                        tracing::warn!(stream = %name, warning = %w, "topology change lowers durability");
+                    }
+                    js.update_stream(want).await.map_err(|e| err(e.to_string()))?;
+                    Ok(Applied {
+                        warning,
+                        ..Applied::new("stream", name, Change::Updated)
+                    })
+                } else {
+                    Ok(Applied::new("stream", name, Change::Unchanged))
+                }
             }
+            Err(e) if stream_not_found(&e) => {
+                js.create_stream(want).await.map_err(|e| err(e.to_string()))?;
+                Ok(Applied::new("stream", name, Change::Created))
+            }
+            Err(e) => Err(err(e.to_string())),
         }
-        Err(e) if stream_not_found(&e) => {
-            js.create_key_value(want).await.map_err(|e| err(e.to_string()))?;
-            Ok(Applied {
-                kind: "bucket",
-                name,
-                change: Change::Created,
-            })
+    }
+
+    async fn ensure_bucket(
+        &self,
+        js: &jetstream::Context,
+        mut want: kv::Config,
+    ) -> Result<Applied, TopologyError> {
+        let name = want.bucket.clone();
+        let err = |e: String| TopologyError::server("bucket", &name, e);
+        let stream_name = format!("KV_{name}");
+        match js.get_stream(&stream_name).await {
+            Ok(mut s) => {
+                let have = s.info().await.map_err(|e| err(e.to_string()))?.config.clone();
+                let (replicas, warning) = self.replicas_for_existing("bucket", &name, have.num_replicas)?;
+                want.num_replicas = replicas;
+                let differs = have.max_age != want.max_age
+                    || have.max_messages_per_subject != want.history
+                    || have.num_replicas.max(1) != want.num_replicas.max(1)
+                    || have.storage != want.storage
+                    || have.allow_message_ttl != want.limit_markers.is_some()
+                    || have.subject_delete_marker_ttl != want.limit_markers
+                    || have.description.as_deref().unwrap_or("") != want.description;
+                if differs {
+                    let warning = join_warnings(warning, storage_warning(have.storage, want.storage));
+                    if let Some(w) = &warning {
+                        tracing::warn!(bucket = %name, warning = %w, "topology change lowers durability");
+                    }
+                    js.create_or_update_key_value(want)
+                        .await
+                        .map_err(|e| err(e.to_string()))?;
+                    Ok(Applied {
+                        warning,
+                        ..Applied::new("bucket", name, Change::Updated)
+                    })
+                } else {
+                    Ok(Applied::new("bucket", name, Change::Unchanged))
+                }
+            }
+            Err(e) if stream_not_found(&e) => {
+                js.create_key_value(want).await.map_err(|e| err(e.to_string()))?;
+                Ok(Applied::new("bucket", name, Change::Created))
+            }
+            Err(e) => Err(err(e.to_string())),
         }
-        Err(e) => Err(err(e.to_string())),
     }
 }
 
@@ -356,11 +493,7 @@ pub async fn ensure_consumer(
     want: consumer::pull::Config,
 ) -> Result<Applied, TopologyError> {
     let name = want.durable_name.clone().unwrap_or_default();
-    let err = |e: String| TopologyError {
-        kind: "consumer",
-        name: name.clone(),
-        message: e,
-    };
+    let err = |e: String| TopologyError::server("consumer", &name, e);
     let s = js.get_stream(stream).await.map_err(|e| err(e.to_string()))?;
     match s.consumer_info(&name).await {
         Ok(info) => {
@@ -377,26 +510,14 @@ pub async fn ensure_consumer(
                 || have.description != want.description;
             if differs {
                 s.update_consumer(want).await.map_err(|e| err(e.to_string()))?;
-                Ok(Applied {
-                    kind: "consumer",
-                    name,
-                    change: Change::Updated,
-                })
+                Ok(Applied::new("consumer", name, Change::Updated))
             } else {
-                Ok(Applied {
-                    kind: "consumer",
-                    name,
-                    change: Change::Unchanged,
-                })
+                Ok(Applied::new("consumer", name, Change::Unchanged))
             }
         }
         Err(_) => {
             s.create_consumer(want).await.map_err(|e| err(e.to_string()))?;
-            Ok(Applied {
-                kind: "consumer",
-                name,
-                change: Change::Created,
-            })
+            Ok(Applied::new("consumer", name, Change::Created))
         }
     }
 }

@@ -291,7 +291,7 @@ async fn topology_works_on_a_three_node_cluster() {
     let cluster = jetrun_harness::Cluster::start().await.unwrap();
     let js = async_nats::jetstream::new(cluster.client().await);
     let mut topo = Topology::new(Names::default());
-    topo.replicas = 3;
+    topo.replicas = Some(3);
     topo.apply(&js).await.unwrap();
     let mut s = js.get_stream("JETRUN_JOBS").await.unwrap();
     assert_eq!(s.info().await.unwrap().config.num_replicas, 3);

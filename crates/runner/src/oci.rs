@@ -11,7 +11,7 @@
 //! cancel ends the task at once, the grace period is only for commands that ignore it) and
 //! reaps orphans. Its child is a tiny wrapper (the host's static busybox `sh`, also
 //! bind-mounted) that runs the command and writes its status into the task's status tmpfs
-//! (write + rename) before the container can end: the real status survives the death of
+//! before the container can end: the real status survives the death of
 //! the shim and of `runc run`, which would otherwise take it with them.
 //!
 //! Isolation (see `docs/runner.md` for what applies where):
@@ -57,7 +57,10 @@ const IN_STATUS: &str = "/dev/.jetrun/status";
 /// It resolves the command on `PATH` itself, because busybox would otherwise run its own
 /// applet of the same name instead of the image's program; it keeps running through the
 /// signals init forwards to the group (the command gets them with default handling) and
-/// records the command's status by write + rename, then exits with it.
+/// records the command's status, then exits with it. One `write` of a few bytes to a
+/// fresh tmpfs file, not write + rename: a reader sees the file empty or whole (tmpfs
+/// updates its size after the copy), never takes an empty file for an end, and reads
+/// again once the container has stopped; a `mv` would cost a fork + exec per task.
 const WRAPPER: &str = r#"c=$1; shift
 case $c in
 */*) ;;
@@ -68,8 +71,7 @@ case $c in
 esac
 trap : TERM INT HUP QUIT USR1 USR2
 if [ -n "$c" ]; then "$c" "$@"; r=$?; else echo "jetrun: $1: command not found" >&2; r=127; fi
-s=/dev/.jetrun/status
-echo "$r" > "$s/exit_code.tmp" && mv -f "$s/exit_code.tmp" "$s/exit_code"
+echo "$r" > /dev/.jetrun/status/exit_code
 exit "$r""#;
 
 /// Configuration of the OCI runner.

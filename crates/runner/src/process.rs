@@ -66,7 +66,8 @@ impl ProcessRunner {
     }
 
     fn status(&self, task_ref: &str) -> Result<TaskStatus, RunnerError> {
-        self.tasks.status_with(task_ref, &|t| command_runs(&self.tasks, t))
+        self.tasks
+            .status_with(task_ref, &|t| command_runs(&self.tasks, t))
     }
 }
 
@@ -168,8 +169,7 @@ impl Runner for ProcessRunner {
             "task ignored SIGTERM, sending SIGKILL"
         );
         signal_group(&self.tasks, task_ref, Signal::SIGKILL);
-        if self.tasks.wait_for(task_ref, KILL_WAIT, &runs).await?.is_none()
-        {
+        if self.tasks.wait_for(task_ref, KILL_WAIT, &runs).await?.is_none() {
             return Err(RunnerError::new(
                 RunnerErrorKind::Runtime,
                 format!("task {task_ref} survived SIGKILL"),

@@ -7,7 +7,7 @@
 //!   it), or by the runner: `signal 9` when it stopped the task and the shim died with it,
 //!   `lost` when the task ended with no status recorded anywhere (it died with its node);
 //! - `status/` (OCI): a tiny tmpfs bind-mounted into the container, where the in-container
-//!   wrapper writes the command's own status (`status/exit_code`, write + rename) before
+//!   wrapper writes the command's own status (`status/exit_code`) before
 //!   the container can end; copied to `command_exit` when the task is removed. This status
 //!   wins over the shim's: it survives the death of the shim and of `runc run`;
 //! - `stop_requested`: present once `stop` was called;
@@ -34,10 +34,9 @@ use tokio::sync::watch;
 
 use crate::{RunnerError, RunnerErrorKind, TaskInfo, TaskStatus};
 
-/// The shim script: `$1` is the exit-code file, the rest is the command. Write + rename,
-/// so a reader never sees half a file.
-const SHIM: &str =
-    r#"e="$1"; shift; trap : TERM INT; "$@"; c=$?; echo "$c" > "$e.tmp" && mv -f "$e.tmp" "$e""#;
+/// The shim script: `$1` is the exit-code file, the rest is the command. One small
+/// `write`: readers see the file empty or whole and never take an empty one for an end.
+const SHIM: &str = r#"e="$1"; shift; trap : TERM INT; "$@"; c=$?; echo "$c" > "$e""#;
 
 /// The per-task status directory (a tmpfs for OCI tasks).
 pub(crate) const STATUS_DIR: &str = "status";

@@ -1,17 +1,30 @@
 //! # jetrun-telemetry
 //!
-//! Logging and tracing set-up for every jetrun binary: `tracing` with key-value fields, as
-//! text or JSON lines on stderr, filtered by `RUST_LOG` (default `info`).
+//! Logging, tracing and metrics for every jetrun binary.
 //!
-//! With the `otel` cargo feature and `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans are also
-//! exported over OTLP/HTTP, and [`link_parent`] makes a message's span a child of the
-//! producer's W3C `traceparent` (carried in NATS headers), so one trace follows a webhook
-//! through route, dispatch and into the container's `TRACEPARENT`. Without the feature
-//! those functions are no-ops and nothing heavy is compiled.
+//! - **Logs**: `tracing` with key-value fields, as text or JSON lines on stderr, filtered
+//!   by `RUST_LOG` (default `info,async_nats=warn`).
+//! - **Traces**: with the `otel` cargo feature (on in the `jetrun` binary by default) and
+//!   an OTLP endpoint in the standard `OTEL_*` variables ([`config`]), spans are exported
+//!   over OTLP/HTTP. Context travels as W3C `traceparent`/`tracestate` ([`w3c`]): a
+//!   consumer's span is made a child of the message's context ([`link_remote`]) and every
+//!   publish carries the *current* span's context ([`outgoing`]), so one job is one trace.
+//!   Without the feature, or without an endpoint, the trace functions pass the context
+//!   given to them through unchanged.
+//! - **Metrics**: one registry ([`metrics`]) rendered as Prometheus/OpenMetrics text for
+//!   `GET /metrics`, and as CloudWatch EMF lines ([`emf`]).
 
 use std::io::IsTerminal;
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+pub mod config;
+pub mod emf;
+pub mod metrics;
+pub mod w3c;
+
+pub use config::OtelConfig;
+pub use w3c::TraceParent;
 
 /// Keeps the exporter alive; flushes spans on drop.
 #[derive(Debug, Default)]
@@ -20,20 +33,44 @@ pub struct Guard {
     provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
 }
 
+impl Guard {
+    /// Whether spans are being exported.
+    pub fn exporting(&self) -> bool {
+        #[cfg(feature = "otel")]
+        {
+            self.provider.is_some()
+        }
+        #[cfg(not(feature = "otel"))]
+        {
+            false
+        }
+    }
+}
+
 impl Drop for Guard {
     fn drop(&mut self) {
         #[cfg(feature = "otel")]
         if let Some(p) = self.provider.take() {
+            let _ = p.force_flush();
             let _ = p.shutdown();
         }
     }
 }
 
 /// Installs the global subscriber. `format` is `text` or `json`. Logs go to stderr so
-/// stdout stays for command output (job ids, JSON). Keep the returned guard alive.
+/// stdout stays for command output (job ids, JSON). Span export is configured from the
+/// `OTEL_*` variables ([`OtelConfig::from_env`]); a bad setting is reported on stderr and
+/// leaves export off. Keep the returned guard alive.
 pub fn init(format: &str) -> Guard {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,async_nats=warn"));
-    let json = (format == "json").then(|| fmt::layer().json().with_writer(std::io::stderr));
+    // RUST_LOG filters the logs only: spans are exported at `info` (or
+    // JETRUN_TRACE_FILTER) whatever the log level, so quieter logs keep whole traces.
+    let log_filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let json = (format == "json").then(|| {
+        fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_filter(log_filter())
+    });
     let text = (format != "json").then(|| {
         fmt::layer()
             // https://no-color.org: any non-empty NO_COLOR turns colours off.
@@ -41,15 +78,27 @@ pub fn init(format: &str) -> Guard {
                 std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
             )
             .with_writer(std::io::stderr)
+            .with_filter(log_filter())
     });
     #[cfg(feature = "otel")]
     {
-        let (layer, provider) = match otel::layer() {
-            Some((l, p)) => (Some(l), Some(p)),
+        let cfg = match OtelConfig::from_env("jetrun") {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("OpenTelemetry export disabled: {e}");
+                None
+            }
+        };
+        let (layer, provider) = match cfg.and_then(|c| otel::layer(&c)) {
+            Some((l, p)) => {
+                let filter = EnvFilter::try_from_env("JETRUN_TRACE_FILTER")
+                    .unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+                (Some(l.with_filter(filter)), Some(p))
+            }
             None => (None, None),
         };
+        // Already installed (tests): keep the first.
         let _ = tracing_subscriber::registry()
-            .with(filter)
             .with(json)
             .with(text)
             .with(layer)
@@ -58,30 +107,52 @@ pub fn init(format: &str) -> Guard {
     }
     #[cfg(not(feature = "otel"))]
     {
-        // Already installed (tests): keep the first.
-        let _ = tracing_subscriber::registry()
-            .with(filter)
-            .with(json)
-            .with(text)
-            .try_init();
+        let _ = tracing_subscriber::registry().with(json).with(text).try_init();
         Guard::default()
     }
 }
 
-/// Makes `span` a child of the W3C `traceparent`, when OpenTelemetry is enabled.
-pub fn link_parent(span: &tracing::Span, traceparent: Option<&str>) {
-    #[cfg(feature = "otel")]
-    otel::link_parent(span, traceparent);
-    #[cfg(not(feature = "otel"))]
-    let _ = (span, traceparent);
+/// The log and span filter when `RUST_LOG` (or `JETRUN_TRACE_FILTER`) is not set.
+pub const DEFAULT_FILTER: &str = "info,async_nats=warn";
+
+/// A W3C trace context to put on what is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    /// `traceparent`.
+    pub traceparent: String,
+    /// `tracestate`, if any.
+    pub tracestate: Option<String>,
 }
 
-/// The W3C `traceparent` of the current span, when OpenTelemetry is enabled and the span
-/// is being recorded; producers put it in the headers of what they publish.
-pub fn current_traceparent() -> Option<String> {
+/// Makes `span` a child of the W3C `traceparent` (compatibility form of [`link_remote`]).
+pub fn link_parent(span: &tracing::Span, traceparent: Option<&str>) {
+    link_remote(span, traceparent, None);
+}
+
+/// Makes `span` (just created, not yet entered) a child of the remote context
+/// `traceparent` + `tracestate`. A header that breaks the W3C rules is ignored: the span
+/// then starts a new trace. Returns whether the span was linked.
+pub fn link_remote(span: &tracing::Span, traceparent: Option<&str>, tracestate: Option<&str>) -> bool {
+    let Some(tp) = traceparent.and_then(TraceParent::parse) else {
+        return false;
+    };
+    let ts = tracestate.filter(|t| w3c::valid_tracestate(t));
     #[cfg(feature = "otel")]
     {
-        otel::current_traceparent()
+        otel::link(span, &tp, ts)
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        let _ = (span, tp, ts);
+        false
+    }
+}
+
+/// The W3C context of the current span, when spans are being recorded.
+pub fn current_context() -> Option<TraceContext> {
+    #[cfg(feature = "otel")]
+    {
+        otel::current()
     }
     #[cfg(not(feature = "otel"))]
     {
@@ -89,64 +160,176 @@ pub fn current_traceparent() -> Option<String> {
     }
 }
 
+/// The W3C `traceparent` of the current span, when spans are being recorded.
+pub fn current_traceparent() -> Option<String> {
+    current_context().map(|c| c.traceparent)
+}
+
+/// The context to send with a message or request, given the one the data carries
+/// (`explicit`, e.g. a job record's traceparent):
+///
+/// - the current span's, when there is one and `explicit` is absent, invalid or in the
+///   same trace (the usual case: a handler publishing inside the message's trace);
+/// - else `explicit` (a background loop acting for a job of another trace), normalised;
+///   an invalid `tracestate` is dropped;
+/// - else nothing (the caller may start a new trace).
+pub fn outgoing(explicit: Option<&str>, explicit_state: Option<&str>) -> Option<TraceContext> {
+    let explicit = explicit.and_then(TraceParent::parse);
+    let current = current_context();
+    match (current, explicit) {
+        (Some(cur), None) => Some(cur),
+        (Some(cur), Some(e))
+            if TraceParent::parse(&cur.traceparent).is_some_and(|c| c.trace_id == e.trace_id) =>
+        {
+            Some(cur)
+        }
+        (_, Some(e)) => Some(TraceContext {
+            traceparent: e.to_string(),
+            tracestate: explicit_state
+                .filter(|t| !t.is_empty() && w3c::valid_tracestate(t))
+                .map(str::to_string),
+        }),
+        (None, None) => None,
+    }
+}
+
+/// Whether spans are exported by this process (an OTLP endpoint is configured).
+pub fn exporting() -> bool {
+    #[cfg(feature = "otel")]
+    {
+        otel::EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        false
+    }
+}
+
 #[cfg(feature = "otel")]
 mod otel {
     use std::collections::HashMap;
+    use std::str::FromStr;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
-    use opentelemetry::propagation::TextMapPropagator;
-    use opentelemetry::trace::{TraceContextExt, TracerProvider};
-    use opentelemetry_otlp::WithExportConfig;
-    use opentelemetry_sdk::propagation::TraceContextPropagator;
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider,
+    };
+    use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+    use opentelemetry_sdk::trace::Sampler as SdkSampler;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-    pub(super) fn layer<S>() -> Option<(
+    use crate::config::{OtelConfig, Protocol, Sampler};
+
+    pub(super) static EXPORTING: AtomicBool = AtomicBool::new(false);
+
+    pub(super) fn layer<S>(
+        cfg: &OtelConfig,
+    ) -> Option<(
         tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>,
         opentelemetry_sdk::trace::SdkTracerProvider,
     )>
     where
         S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
     {
-        let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok()?;
+        let headers: HashMap<String, String> = cfg.headers.iter().cloned().collect();
         let exporter = match opentelemetry_otlp::SpanExporter::builder()
             .with_http()
-            .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+            .with_endpoint(cfg.traces_endpoint.clone())
+            .with_protocol(match cfg.protocol {
+                Protocol::HttpProtobuf => opentelemetry_otlp::Protocol::HttpBinary,
+                Protocol::HttpJson => opentelemetry_otlp::Protocol::HttpJson,
+            })
+            .with_timeout(cfg.timeout)
+            .with_headers(headers)
             .build()
         {
             Ok(e) => e,
             Err(e) => {
-                eprintln!("OpenTelemetry disabled: cannot build the OTLP exporter: {e}");
+                eprintln!("OpenTelemetry export disabled: cannot build the OTLP exporter: {e}");
                 return None;
             }
         };
-        let service = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "jetrun".into());
+        let ratio = |r: f64| SdkSampler::TraceIdRatioBased(r);
+        let sampler = match cfg.sampler {
+            Sampler::AlwaysOn => SdkSampler::AlwaysOn,
+            Sampler::AlwaysOff => SdkSampler::AlwaysOff,
+            Sampler::TraceIdRatio(r) => ratio(r),
+            Sampler::ParentBasedAlwaysOn => SdkSampler::ParentBased(Box::new(SdkSampler::AlwaysOn)),
+            Sampler::ParentBasedAlwaysOff => SdkSampler::ParentBased(Box::new(SdkSampler::AlwaysOff)),
+            Sampler::ParentBasedTraceIdRatio(r) => SdkSampler::ParentBased(Box::new(ratio(r))),
+        };
+        let resource = opentelemetry_sdk::Resource::builder_empty()
+            .with_service_name(cfg.service_name.clone())
+            .with_attributes(
+                cfg.resource
+                    .iter()
+                    .map(|(k, v)| opentelemetry::KeyValue::new(k.clone(), v.clone())),
+            )
+            .with_attribute(opentelemetry::KeyValue::new(
+                "service.version",
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .build();
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
-            .with_resource(
-                opentelemetry_sdk::Resource::builder()
-                    .with_service_name(service)
-                    .build(),
-            )
+            .with_sampler(sampler)
+            .with_resource(resource)
             .build();
         let tracer = provider.tracer("jetrun");
+        EXPORTING.store(true, Ordering::Relaxed);
         Some((tracing_opentelemetry::layer().with_tracer(tracer), provider))
     }
 
-    pub(super) fn link_parent(span: &tracing::Span, traceparent: Option<&str>) {
-        let Some(tp) = traceparent else { return };
-        let carrier: HashMap<String, String> = [("traceparent".to_string(), tp.to_string())].into();
-        let cx = TraceContextPropagator::new().extract(&carrier);
-        if cx.span().span_context().is_valid() {
-            let _ = span.set_parent(cx);
+    pub(super) fn link(span: &tracing::Span, tp: &crate::TraceParent, ts: Option<&str>) -> bool {
+        let state = ts.and_then(|t| TraceState::from_str(t).ok()).unwrap_or_default();
+        let sc = SpanContext::new(
+            TraceId::from_bytes(tp.trace_id),
+            SpanId::from_bytes(tp.parent_id),
+            TraceFlags::new(tp.flags & 1),
+            true,
+            state,
+        );
+        if !sc.is_valid() {
+            return false;
         }
+        let cx = opentelemetry::Context::new().with_remote_span_context(sc);
+        span.set_parent(cx).is_ok()
     }
 
-    pub(super) fn current_traceparent() -> Option<String> {
+    pub(super) fn current() -> Option<crate::TraceContext> {
         let cx = tracing::Span::current().context();
-        if !cx.span().span_context().is_valid() {
+        let span = cx.span();
+        let sc = span.span_context();
+        if !sc.is_valid() {
             return None;
         }
-        let mut carrier: HashMap<String, String> = HashMap::new();
-        TraceContextPropagator::new().inject_context(&cx, &mut carrier);
-        carrier.remove("traceparent")
+        let state = sc.trace_state().header();
+        Some(crate::TraceContext {
+            traceparent: format!(
+                "00-{}-{}-{:02x}",
+                sc.trace_id(),
+                sc.span_id(),
+                sc.trace_flags().to_u8() & 1
+            ),
+            tracestate: (!state.is_empty()).then_some(state),
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outgoing_without_a_span_keeps_a_valid_explicit_context() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let c = outgoing(Some(tp), Some("a=b")).unwrap();
+        assert_eq!(c.traceparent, tp);
+        assert_eq!(c.tracestate.as_deref(), Some("a=b"));
+        // Invalid tracestate dropped; invalid traceparent: nothing.
+        assert_eq!(outgoing(Some(tp), Some("A=b")).unwrap().tracestate, None);
+        assert_eq!(outgoing(Some(&tp.to_uppercase()), None), None);
+        assert_eq!(outgoing(None, None), None);
     }
 }

@@ -34,6 +34,9 @@ fn pct(v: &mut [Duration], p: f64) -> Duration {
 
 #[tokio::main]
 async fn main() {
+    // BENCH_OTEL=1 (with --features jetrun-telemetry/otel and OTEL_EXPORTER_OTLP_ENDPOINT):
+    // the cost of span export, against the same run without it.
+    let _telemetry = std::env::var_os("BENCH_OTEL").map(|_| jetrun_telemetry::init("text"));
     let jobs = env_usize("BENCH_JOBS", 5000);
     let in_flight = env_usize("BENCH_IN_FLIGHT", 256);
     let server = jetrun_harness::NatsServer::start().unwrap();

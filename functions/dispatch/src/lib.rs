@@ -485,7 +485,20 @@ impl Dispatcher {
             }
         };
         let runner = self.inner.agent.runner();
-        let req = LaunchRequest::new(&rec.id, rec.attempt, rec.spec.clone(), rec.traceparent.clone());
+        // The task continues this span's trace (TRACEPARENT, TRACESTATE in its env).
+        let trace = jetrun_telemetry::outgoing(rec.traceparent.as_deref(), None);
+        let mut req = LaunchRequest::new(
+            &rec.id,
+            rec.attempt,
+            rec.spec.clone(),
+            trace
+                .as_ref()
+                .map(|t| t.traceparent.clone())
+                .or_else(|| rec.traceparent.clone()),
+        );
+        if let Some(ts) = trace.and_then(|t| t.tracestate) {
+            req.env.insert("TRACESTATE".into(), ts);
+        }
         let task_ref = match runner.launch(&req).await {
             Ok(t) => t,
             Err(e) if e.kind == RunnerErrorKind::InvalidSpec => {
@@ -594,11 +607,22 @@ impl Dispatcher {
         }
     }
 
-    /// Re-publishes the submissions of jobs queued in the store whose message is missing.
-    /// Level-triggered and conservative: it only acts when the queue's consumer has
-    /// nothing pending or in flight (so every queued job should have been seen), on jobs
-    /// older than `reconcile_min_age` whose `not_before` has passed. Returns how many it
-    /// re-published.
+    /// Re-publishes the submissions of jobs queued in the store whose message is missing
+    /// (a producer died, or its publish failed, between admit and publish; a retry's
+    /// re-publish failed). Admission writes the index entry before the record, so every
+    /// admitted record is listed here. Level-triggered and conservative, on jobs older
+    /// than `reconcile_min_age` whose `not_before` has passed:
+    ///
+    /// - the queue's consumer has nothing pending or in flight: every such job has lost
+    ///   its message; all are re-published;
+    /// - otherwise the queue's messages in the stream (pending and in flight) are
+    ///   counted: each queued job has at least one, so fewer messages than queued jobs
+    ///   means that many orphans; that many of the oldest eligible jobs are re-published
+    ///   (a job that did have a message gets a second one, a harmless no-op once it is
+    ///   claimed).
+    ///
+    /// Looks at up to [`RECONCILE_LIST_LIMIT`] queued jobs per tick; with more queued
+    /// than that, the busy case waits until fewer are. Returns how many it re-published.
     pub async fn reconcile(&self, queue: &str) -> Result<usize, DispatchError> {
         let ctx = &self.inner.ctx;
         let stream = ctx
@@ -614,28 +638,61 @@ impl Dispatcher {
             .info()
             .await
             .map_err(|e| DispatchError::new(DispatchErrorKind::Consumer, e))?;
-        if info.num_pending > 0 || info.num_ack_pending > 0 {
-            return Ok(0);
-        }
+        let idle = info.num_pending == 0 && info.num_ack_pending == 0;
         let queued = ctx
             .store
-            .list(queue, Some(JobStatus::Queued), 1000)
+            .list(queue, Some(JobStatus::Queued), RECONCILE_LIST_LIMIT)
             .await
             .map_err(|e: StoreError| DispatchError::new(DispatchErrorKind::Store, e))?;
         let now = jetrun_core::now();
         let min_age = chrono::Duration::from_std(self.inner.config.reconcile_min_age).unwrap_or_default();
-        let mut n = 0;
-        for rec in queued {
-            if rec.updated_at + min_age > now || rec.not_before.is_some_and(|nb| nb > now) {
-                continue;
+        let total_queued = queued.len();
+        let mut eligible: Vec<JobRecord> = queued
+            .into_iter()
+            .filter(|rec| rec.updated_at + min_age <= now && rec.not_before.is_none_or(|nb| nb <= now))
+            .collect();
+        if eligible.is_empty() {
+            return Ok(0);
+        }
+        if !idle {
+            if total_queued >= RECONCILE_LIST_LIMIT {
+                return Ok(0);
             }
+            let subject = ctx.names.job_submit(queue);
+            let mut subjects = stream
+                .info_with_subjects(subject.clone())
+                .await
+                .map_err(|e| DispatchError::new(DispatchErrorKind::Consumer, e))?;
+            let mut messages = 0usize;
+            while let Some(entry) = futures::StreamExt::next(&mut subjects).await {
+                let (subj, count) = entry.map_err(|e| DispatchError::new(DispatchErrorKind::Consumer, e))?;
+                if subj == subject {
+                    messages += count;
+                }
+            }
+            let missing = total_queued.saturating_sub(messages);
+            if missing == 0 {
+                return Ok(0);
+            }
+            // Oldest first: an orphan is old, and the oldest queued jobs that do have a
+            // message are the next ones the consumer hands out.
+            eligible.sort_by_key(|r| r.updated_at);
+            eligible.truncate(missing);
+            debug!(queue = %queue, queued = total_queued, messages, missing, "queued jobs without a message while busy");
+        }
+        let mut n = 0;
+        for rec in eligible {
             // One id per job, attempt and minute: concurrent reconcilers store it once.
             let msg_id = format!("{}.{}.reconcile.{}", rec.id, rec.attempt, now.timestamp() / 60);
             jetrun_nats::submit::resubmit(&self.inner.publisher, &ctx.names, &rec, &msg_id)
                 .await
                 .map_err(|e| DispatchError::new(DispatchErrorKind::Publish, e))?;
+            info!(job_id = %rec.id, attempt = rec.attempt, queued_since = %rec.updated_at, "re-published the submission of a queued job that had no message");
             n += 1;
         }
         Ok(n)
     }
 }
+
+/// Queued jobs one reconcile looks at.
+pub const RECONCILE_LIST_LIMIT: usize = 1000;

@@ -101,20 +101,16 @@ fn parse_json(body: &[u8]) -> Result<Value, Problem> {
 
 /// The request's W3C `traceparent`, if any. One that is not a traceparent (it would
 /// travel on as a NATS header) is refused rather than passed on.
+/// The caller's W3C `traceparent`, if it is one. A header that breaks the W3C rules
+/// (version `ff`, all-zero ids, uppercase hex, wrong length) is not an error: the job
+/// starts a new trace, as the recommendation says. (A value with CR, LF or other bytes
+/// not allowed in a header never gets this far: hyper refuses the request.)
 fn traceparent_of(headers: &HeaderMap) -> Result<Option<String>, Problem> {
-    let Some(v) = headers.get(jetrun_core::envelope::H_TRACEPARENT) else {
-        return Ok(None);
-    };
-    v.to_str()
-        .ok()
-        .filter(|t| jetrun_core::envelope::trace_id_of(t).is_some())
-        .map(|t| Some(t.to_string()))
-        .ok_or_else(|| {
-            Problem::new(
-                ProblemKind::BadHeader,
-                "traceparent is not a W3C traceparent (00-<32 hex>-<16 hex>-<2 hex>)",
-            )
-        })
+    Ok(headers
+        .get(jetrun_core::envelope::H_TRACEPARENT)
+        .and_then(|v| v.to_str().ok())
+        .filter(|t| jetrun_telemetry::w3c::TraceParent::parse(t).is_some())
+        .map(|t| t.trim().to_string()))
 }
 
 /// The answer to a job submission.
@@ -224,9 +220,8 @@ async fn submit_value(
         .await
         .ok()
         .map(|s| s.is_served());
-    let warning = (served == Some(false)).then(|| {
-        format!("no worker serves queue {queue:?} now; the job waits until one does")
-    });
+    let warning = (served == Some(false))
+        .then(|| format!("no worker serves queue {queue:?} now; the job waits until one does"));
     let location = format!("/v1/jobs/{}", rec.id);
     let mut resp = (
         code,
@@ -252,6 +247,7 @@ fn submit_problem(e: SubmitError) -> Problem {
         SubmitError::Invalid(s) => Problem::schema(&s),
         SubmitError::Store(s) => match s.kind {
             StoreErrorKind::Unavailable | StoreErrorKind::Conflict => Problem::unavailable(s.message),
+            StoreErrorKind::StoreFull => Problem::store_full(s.message),
             StoreErrorKind::InvalidKey => Problem::new(ProblemKind::ValidationFailed, s.message),
             _ => Problem::new(ProblemKind::Internal, s.message),
         },
@@ -761,17 +757,70 @@ pub async fn health() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
-/// `GET /ready`: NATS is connected and JetStream answers (503 otherwise).
+/// `GET /ready`: NATS is connected, JetStream answers, the jobs bucket can take writes
+/// (its stream answers with a leader and is under its `max_bytes`) and the store has
+/// space (the account's storage is under its limit, and a probe write to the dedupe
+/// bucket, which this credential may write, succeeds). 503 `unavailable` or
+/// `store-full` otherwise.
 pub async fn ready(State(ingest): State<Arc<Ingest>>) -> ApiResult {
     if ingest.ctx.client.connection_state() != async_nats::connection::State::Connected {
         return Err(Problem::unavailable("not connected to NATS"));
     }
-    match tokio::time::timeout(std::time::Duration::from_secs(2), ingest.ctx.js.query_account()).await {
-        Ok(Ok(_)) => Ok(Json(json!({"status": "ready"})).into_response()),
-        Ok(Err(e)) => Err(Problem::unavailable(format!("JetStream: {e}"))),
+    let checks = async {
+        let account = async {
+            let a = ingest
+                .ctx
+                .js
+                .query_account()
+                .await
+                .map_err(|e| Problem::unavailable(format!("JetStream: {e}")))?;
+            let max = a.limits.max_storage.unwrap_or(-1);
+            if max > 0 && a.storage >= max as u64 {
+                return Err(Problem::store_full(format!(
+                    "account storage {} of {max} bytes used",
+                    a.storage
+                )));
+            }
+            Ok(())
+        };
+        let jobs = async {
+            ingest.ctx.store.check_writable().await.map_err(|e| match e.kind {
+                StoreErrorKind::StoreFull => Problem::store_full(e.message),
+                _ => Problem::unavailable(format!("jobs bucket not writable: {}", e.message)),
+            })
+        };
+        let probe = async {
+            ingest
+                .dedupe
+                .put(READY_PROBE_KEY, bytes::Bytes::from_static(b"1"))
+                .await
+                .map(|_| ())
+                .map_err(|e| Problem::unavailable(format!("probe write refused: {e}")))
+        };
+        let (a, j, p) = tokio::join!(account, jobs, probe);
+        // Store-full first: it is the more specific answer.
+        let errors = [a, j, p];
+        if let Some(Err(full)) = errors
+            .iter()
+            .find(|r| matches!(r, Err(p) if p.kind == ProblemKind::StoreFull))
+        {
+            return Err(full.clone());
+        }
+        errors
+            .into_iter()
+            .collect::<Result<Vec<()>, Problem>>()
+            .map(|_| ())
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(2), checks).await {
+        Ok(Ok(())) => Ok(Json(json!({"status": "ready"})).into_response()),
+        Ok(Err(p)) => Err(p),
         Err(_) => Err(Problem::unavailable("JetStream did not answer in 2 s")),
     }
 }
+
+/// The dedupe-bucket key `/ready` writes to prove the store takes writes (one key,
+/// overwritten: history 1, so it costs no space over time).
+const READY_PROBE_KEY: &str = "jetrun-ready-probe";
 
 /// Any other path.
 pub async fn not_found() -> Problem {

@@ -510,8 +510,10 @@ async fn publish(ingest: &Ingest, d: &Delivery, headers: &HeaderMap) -> Result<O
     let traceparent = headers
         .get(jetrun_core::envelope::H_TRACEPARENT)
         .and_then(|v| v.to_str().ok())
-        .filter(|t| jetrun_core::envelope::trace_id_of(t).is_some())
+        .filter(|t| jetrun_telemetry::TraceParent::parse(t).is_some())
         .map(str::to_string)
+        // With tracing on, the request's server span (which continues a valid header).
+        .or_else(jetrun_telemetry::current_traceparent)
         .unwrap_or_else(jetrun_core::envelope::new_traceparent);
     let mut env = Envelope::new(types::GITHUB_WEBHOOK, ingest.config.source.clone())
         .with_id(d.id.clone())

@@ -23,6 +23,8 @@ pub mod jobs;
 pub mod lambda;
 pub mod problem;
 pub mod server;
+pub mod sse;
+pub mod ui;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -33,6 +35,7 @@ use async_nats::jetstream::kv;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, header};
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -248,9 +251,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/stats"),
     ("get", "/health"),
     ("get", "/ready"),
+    ("get", "/v1/jobs/{id}/events"),
+    ("get", "/v1/events/stream"),
 ];
 
-/// The router: webhook endpoint, API, health and readiness.
+/// The router: webhook endpoint, API, health and readiness, and `GET /metrics`
+/// (Prometheus/OpenMetrics text; an operator token is needed when tokens are configured).
 pub fn router(ingest: Arc<Ingest>) -> Router {
     Router::new()
         .route("/webhooks/github", post(github::webhook))
@@ -261,28 +267,174 @@ pub fn router(ingest: Arc<Ingest>) -> Router {
         .route("/v1/stats", get(api::stats))
         .route("/health", get(api::health))
         .route("/ready", get(api::ready))
+        // Live updates (SSE, `sse`) and the web console at /ui (`ui`), issue #15.
+        .merge(ui::router(ingest.clone()))
+        .route(METRICS_PATH, get(metrics))
         .fallback(api::not_found)
         .layer(axum::middleware::from_fn(close_if_body_unread))
         .layer(axum::middleware::from_fn(trace_request))
         .with_state(ingest)
 }
 
-/// One span per request (method, path) and one event with status and latency; bodies,
-/// signatures and tokens are never logged.
+/// Where the metrics are served.
+pub const METRICS_PATH: &str = "/metrics";
+
+/// `GET /metrics` on the API's own port: the figures cross tenants, so with API tokens
+/// configured it needs an operator's (`*:`) token, as `/v1/stats` does.
+async fn metrics(
+    axum::extract::State(ingest): axum::extract::State<Arc<Ingest>>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    if !ingest.tokens.is_empty() {
+        match api::authenticate(&ingest, &headers) {
+            Ok(t) if t == auth::OPERATOR_TENANT => {}
+            Ok(_) => {
+                return Problem::new(
+                    ProblemKind::Forbidden,
+                    "GET /metrics needs an operator token".to_string(),
+                )
+                .into_response();
+            }
+            Err(p) => return p.into_response(),
+        }
+    }
+    metrics_answer(&ingest.ctx).await
+}
+
+async fn metrics_answer(ctx: &jetrun_host::Context) -> axum::response::Response {
+    jetrun_host::refresh_metrics(ctx).await;
+    (
+        [(header::CONTENT_TYPE, jetrun_telemetry::metrics::CONTENT_TYPE)],
+        jetrun_telemetry::metrics::render(),
+    )
+        .into_response()
+}
+
+/// A router with `GET /metrics` alone, for the metrics listener of `worker`,
+/// `autoscale`, `serve` and `dev` (`--metrics-listen`): an internal port, no token.
+pub fn metrics_router(ctx: jetrun_host::Context) -> Router {
+    Router::new()
+        .route(
+            METRICS_PATH,
+            get(
+                |axum::extract::State(ctx): axum::extract::State<jetrun_host::Context>| async move {
+                    metrics_answer(&ctx).await
+                },
+            ),
+        )
+        .with_state(ctx)
+}
+
+/// Serves [`metrics_router`] on `addr` until `shutdown`, in the background. The bind
+/// happens before this returns, so a taken port is an error at start.
+pub async fn spawn_metrics_listener(
+    addr: std::net::SocketAddr,
+    ctx: jetrun_host::Context,
+    shutdown: CancellationToken,
+) -> std::io::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    info!(addr = %listener.local_addr()?, "serving metrics on /metrics");
+    Ok(tokio::spawn(serve(listener, metrics_router(ctx), shutdown)))
+}
+
+/// The route template of `path` (`/v1/jobs/{id}`), for span names and metric labels:
+/// never the raw path, whose ids would make labels unbounded.
+fn route_template(method: &axum::http::Method, path: &str) -> &'static str {
+    if path == METRICS_PATH {
+        return METRICS_PATH;
+    }
+    let m = method.as_str().to_ascii_lowercase();
+    let segs: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let fits = |route: &str| {
+        let r: Vec<&str> = route.split('/').collect();
+        r.len() == segs.len()
+            && r.iter()
+                .zip(&segs)
+                .all(|(a, b)| (a.starts_with('{') && !b.is_empty()) || a == b)
+    };
+    ROUTES
+        .iter()
+        .find(|(rm, route)| *rm == m && fits(route))
+        .or_else(|| ROUTES.iter().find(|(_, route)| fits(route)))
+        .map(|(_, route)| *route)
+        .unwrap_or("other")
+}
+
+/// The outcome of a webhook delivery from its answer (bounded values).
+fn webhook_outcome(status: u16, answer_status: Option<&str>) -> &'static str {
+    match (status, answer_status) {
+        (202, _) => "accepted",
+        (200, Some("duplicate")) => "duplicate",
+        (200, Some("ignored")) => "ignored",
+        (200, _) => "ok",
+        (401, _) => "bad_signature",
+        (413, _) => "too_large",
+        (429, _) => "rate_limited",
+        (503, _) => "unavailable",
+        (400..=499, _) => "invalid",
+        _ => "error",
+    }
+}
+
+/// One server span per request (`otel.kind = server`, continuing a valid incoming W3C
+/// `traceparent`; an invalid one starts a new trace), one event with status and latency,
+/// and the request metrics (route template and code; webhooks by event and outcome).
+/// Bodies, signatures and tokens are never logged.
 async fn trace_request(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    let span = tracing::info_span!("http", method = %req.method(), path = %req.uri().path());
-    let started = std::time::Instant::now();
-    let resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
-    span.in_scope(|| {
-        tracing::debug!(
-            status = resp.status().as_u16(),
-            micros = started.elapsed().as_micros() as u64,
-            "request"
-        )
+    let route = route_template(req.method(), req.uri().path());
+    let headers = req.headers();
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let (traceparent, tracestate, github_event) = (
+        header(jetrun_core::envelope::H_TRACEPARENT),
+        header(jetrun_core::envelope::H_TRACESTATE),
+        header(github::H_EVENT),
+    );
+    let span = tracing::info_span!(
+        "http",
+        otel.kind = "server",
+        otel.name = %format!("{} {route}", req.method()),
+        http.request.method = %req.method(),
+        http.route = route,
+        url.path = %req.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+        method = %req.method(),
+        path = %req.uri().path(),
+        github.event = tracing::field::Empty,
+    );
+    jetrun_telemetry::link_remote(&span, traceparent.as_deref(), tracestate.as_deref());
+    let event = (route == "/webhooks/github").then(|| {
+        let e = github_event.unwrap_or_default();
+        if github::KNOWN_EVENTS.contains(&e.as_str()) || e == "ping" {
+            e
+        } else {
+            "other".to_string()
+        }
     });
+    if let Some(e) = &event {
+        span.record("github.event", e.as_str());
+    }
+    let started = std::time::Instant::now();
+    let mut resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    let status = resp.status().as_u16();
+    span.record("http.response.status_code", status);
+    jetrun_telemetry::metrics::http_request(route, status, started.elapsed());
+    if let Some(e) = event {
+        // A 200 answer says which (duplicate, ignored): read its small JSON body.
+        let mut answer = None;
+        if status == 200 {
+            let (parts, body) = resp.into_parts();
+            let bytes = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+            answer = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| v.get("status").and_then(|s| s.as_str()).map(str::to_string));
+            resp = axum::response::Response::from_parts(parts, Body::from(bytes));
+        }
+        jetrun_telemetry::metrics::webhook(&e, webhook_outcome(status, answer.as_deref()));
+    }
+    span.in_scope(|| tracing::debug!(status, micros = started.elapsed().as_micros() as u64, "request"));
     resp
 }
 

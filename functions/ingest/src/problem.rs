@@ -54,6 +54,11 @@ pub enum ProblemKind {
     RateLimited,
     /// JetStream did not answer in time (503, with `Retry-After`).
     Unavailable,
+    /// JetStream is out of space: insufficient resources, a stream's or the account's
+    /// maximum bytes (503, with a longer `Retry-After`: freeing space takes an operator
+    /// or an expiry). 503 rather than 507 so that every client that retries 503 retries
+    /// this too; the `type` tells the two apart.
+    StoreFull,
     /// A bug or a corrupt record (500).
     Internal,
 }
@@ -80,6 +85,7 @@ impl ProblemKind {
             ProblemKind::IdempotencyConflict => "idempotency-conflict",
             ProblemKind::RateLimited => "rate-limited",
             ProblemKind::Unavailable => "unavailable",
+            ProblemKind::StoreFull => "store-full",
             ProblemKind::Internal => "internal",
         }
     }
@@ -102,7 +108,7 @@ impl ProblemKind {
             | ProblemKind::EventTypeNotAccepted => StatusCode::UNPROCESSABLE_ENTITY,
             ProblemKind::NotScalable | ProblemKind::IdempotencyConflict => StatusCode::CONFLICT,
             ProblemKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            ProblemKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ProblemKind::Unavailable | ProblemKind::StoreFull => StatusCode::SERVICE_UNAVAILABLE,
             ProblemKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -128,6 +134,7 @@ impl ProblemKind {
             ProblemKind::IdempotencyConflict => "Idempotency key conflict",
             ProblemKind::RateLimited => "Rate limit exceeded",
             ProblemKind::Unavailable => "JetStream unavailable",
+            ProblemKind::StoreFull => "JetStream store full",
             ProblemKind::Internal => "Internal error",
         }
     }
@@ -189,9 +196,26 @@ impl Problem {
         self
     }
 
-    /// JetStream unavailable, retry in a second.
+    /// JetStream unavailable, retry in a second; or, when JetStream's answer says it is
+    /// out of space ([`jetrun_nats::store::is_store_full`]), [`Self::store_full`].
     pub fn unavailable(detail: impl std::fmt::Display) -> Self {
-        Self::new(ProblemKind::Unavailable, detail.to_string()).retry_after(1)
+        let detail = detail.to_string();
+        if jetrun_nats::store::is_store_full(&detail) {
+            return Self::store_full(detail);
+        }
+        Self::new(ProblemKind::Unavailable, detail).retry_after(1)
+    }
+
+    /// Seconds a client waits after `store-full`.
+    pub const STORE_FULL_RETRY_AFTER: u64 = 30;
+
+    /// JetStream is out of space: retry after [`Self::STORE_FULL_RETRY_AFTER`] seconds.
+    pub fn store_full(detail: impl std::fmt::Display) -> Self {
+        Self::new(
+            ProblemKind::StoreFull,
+            format!("JetStream has no space for this write: {detail}"),
+        )
+        .retry_after(Self::STORE_FULL_RETRY_AFTER)
     }
 
     /// A `validation-failed` problem from a schema error.
@@ -255,5 +279,25 @@ impl IntoResponse for Problem {
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn a_full_store_is_its_own_problem_not_unavailable() {
+        let p = Problem::unavailable("publish failed: insufficient resources (code 503, error code 10023)");
+        assert_eq!(p.kind, ProblemKind::StoreFull);
+        assert_eq!(p.kind.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(p.retry_after, Some(Problem::STORE_FULL_RETRY_AFTER));
+        assert_eq!(p.kind.type_uri(), "https://jetrun.dev/problems/store-full");
+        let r = p.into_response();
+        assert_eq!(r.headers()[header::RETRY_AFTER], "30");
+        let u = Problem::unavailable("request timed out");
+        assert_eq!(u.kind, ProblemKind::Unavailable);
+        assert_eq!(u.retry_after, Some(1));
     }
 }

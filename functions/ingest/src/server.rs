@@ -53,8 +53,15 @@ const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: appli
 retry-after: 1\r\nconnection: close\r\ncontent-length: 130\r\n\r\n\
 {\"type\":\"https://jetrun.dev/problems/unavailable\",\"title\":\"Too many connections\",\"status\":503,\"detail\":\"connection limit reached\"}";
 
+/// How long requests in flight may go on after shutdown began: long enough for any
+/// ordinary request (JetStream answers within the publish timeout), short enough that an
+/// open event stream (SSE) does not hold a restart for its whole 10 minutes; its client
+/// resumes with `Last-Event-ID`.
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
 /// Serves `router` on `listener` with `limits` until `shutdown`, then lets requests in
-/// flight finish (idle connections close at once) before returning.
+/// flight finish, for at most [`DRAIN_GRACE`] (idle connections close at once), before
+/// returning.
 pub async fn serve_with(
     listener: TcpListener,
     router: Router,
@@ -114,9 +121,14 @@ async fn serve_connection(
     let mut conn = pin!(builder.serve_connection(TokioIo::new(io), svc));
     let idle = limits.idle_timeout.max(Duration::from_millis(10));
     let mut draining = false;
+    let mut drain_deadline = tokio::time::Instant::now();
     loop {
         let last_at = started + Duration::from_millis(last.load(Ordering::Relaxed));
         tokio::select! {
+            () = tokio::time::sleep_until(drain_deadline), if draining => {
+                debug!("connection closed: still busy after the drain grace");
+                return;
+            }
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     debug!(error = %e, "connection ended with an error");
@@ -126,6 +138,7 @@ async fn serve_connection(
             () = shutdown.cancelled(), if !draining => {
                 conn.as_mut().graceful_shutdown();
                 draining = true;
+                drain_deadline = tokio::time::Instant::now() + DRAIN_GRACE;
             }
             () = tokio::time::sleep_until((last_at + idle).into()) => {
                 let now_last = started + Duration::from_millis(last.load(Ordering::Relaxed));

@@ -158,3 +158,56 @@ async fn connections_past_the_limit_are_refused_at_once_and_slots_free_up() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(get_health(server.addr).await.starts_with("HTTP/1.1 200"));
 }
+
+/// An endless response (an event stream that keeps sending heartbeats) does not hold a
+/// shutdown for ever: the server returns within its drain grace (10 s) and closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_stream_does_not_hold_a_shutdown_past_the_drain_grace() {
+    let endless = || async {
+        let ticks = futures::stream::unfold((), |()| async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Some((
+                Ok::<_, std::io::Error>(bytes::Bytes::from_static(b": ping\n\n")),
+                (),
+            ))
+        });
+        axum::body::Body::from_stream(ticks)
+    };
+    let router = Router::new().route("/stream", get(endless));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(serve_with(
+        listener,
+        router,
+        shutdown.clone(),
+        ServerLimits {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 16,
+        },
+    ));
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /stream HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    let started = Instant::now();
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(20), server)
+        .await
+        .expect("serve_with returned within the drain grace")
+        .unwrap()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(9),
+        "the stream had its grace: {took:?}"
+    );
+    assert!(
+        read_until_closed(&mut s, Duration::from_secs(5)).await.is_some(),
+        "the stream's connection is closed"
+    );
+}

@@ -5,7 +5,9 @@
 #   ECS services: `jetrun route`, `jetrun worker`,  ◀──▶  NATS JetStream (3 × EC2, R3, 3 AZs)
 #                 `jetrun autoscale` (2 tasks, one elected leader)
 #   one-shot task: `jetrun init --replicas 3` (aws ecs run-task, see output init_run_task_command)
-#   ECS cluster for job tasks (the future ECS runner) · CloudWatch dashboard and alarms
+#   ECS cluster for job tasks: the worker's ECS runner starts one Fargate task per job
+#   attempt; their state changes reach NATS through the bridge Lambda (EventBridge rule
+#   target, dead-letter queue) · CloudWatch dashboard and alarms
 #
 # The autoscaler (`jetrun autoscale`) moves services declared with `jetrun scale set`; the
 # output worker_scale_spec_command declares the worker service for its ecs-service backend
@@ -26,6 +28,23 @@ locals {
   common_env          = merge(local.base_env, { JETRUN_NATS_URL = local.nats_url_after_init })
   worker_secrets      = var.callback_secret_arn == null ? {} : { JETRUN_CALLBACK_SECRET = var.callback_secret_arn }
   tags                = merge(var.tags, { "jetrun:deployment" = var.name })
+
+  # The worker's ECS runner (JETRUN_ECS_CONFIG, the runner's EcsConfig as JSON): every
+  # job attempt is one task in the job cluster, in the private subnets, with the job
+  # security group (the offline one for jobs without `network`).
+  worker_ecs_config = jsonencode({
+    cluster                 = module.job_tasks.cluster_name
+    region                  = var.region
+    deployment              = var.name
+    task_definition         = module.job_tasks.default_task_definition_family
+    queues                  = var.job_task_definitions
+    capacity_providers      = var.job_fargate_spot_weight > 0 ? [{ name = "FARGATE_SPOT", weight = var.job_fargate_spot_weight }, { name = "FARGATE", weight = 1, base = 1 }] : [{ name = "FARGATE", weight = 1 }]
+    subnets                 = var.private_subnet_ids
+    security_groups         = [module.job_tasks.security_group_id]
+    offline_security_groups = [module.job_tasks.offline_security_group_id]
+    assign_public_ip        = false
+    pacer                   = { capacity = var.job_launch_burst, refill_per_second = var.job_launch_rate, shared_bucket = "${var.prefix}-ecs-pacer" }
+  })
 
   init_run_task_command = join(" ", [
     "aws ecs run-task",
@@ -98,10 +117,12 @@ module "nats" {
 module "job_tasks" {
   source = "../../modules/job-tasks"
 
-  name               = "${var.name}-jobs"
-  vpc_id             = var.vpc_id
-  log_retention_days = var.log_retention_days
-  tags               = local.tags
+  name                = "${var.name}-jobs"
+  vpc_id              = var.vpc_id
+  default_job_image   = var.job_image != null ? var.job_image : var.image
+  fargate_spot_weight = var.job_fargate_spot_weight
+  log_retention_days  = var.log_retention_days
+  tags                = local.tags
 }
 
 # ---- jetrun init: a one-shot task ---------------------------------------------------------
@@ -186,6 +207,7 @@ module "worker" {
   environment = merge(local.common_env, {
     JETRUN_QUEUES              = join(",", var.queues)
     JETRUN_RUNNER              = var.worker_runner
+    JETRUN_ECS_CONFIG          = local.worker_ecs_config
     JETRUN_MAX_CONCURRENT_JOBS = tostring(var.worker_max_concurrent_jobs)
     JETRUN_DATA_DIR            = "/var/lib/jetrun/worker"
   })
@@ -256,6 +278,26 @@ module "ingest" {
   security_group_ids = [aws_security_group.functions.id]
   log_retention_days = var.log_retention_days
   tags               = local.tags
+}
+
+# ---- The task-state bridge: ECS task state changes into NATS ------------------------------
+
+module "ecs_bridge" {
+  source = "../../modules/ecs-bridge"
+
+  name                 = "${var.name}-ecs-bridge"
+  image_uri            = var.image
+  nats_url             = local.nats_url_after_init
+  prefix               = var.prefix
+  ecs_cluster_name     = module.job_tasks.cluster_name
+  deployment           = var.name
+  task_state_rule_name = module.job_tasks.task_state_rule_name
+  ecs_policy_json      = module.job_tasks.bridge_policy_json
+  kms_key_arn          = var.kms_key_arn
+  subnet_ids           = var.private_subnet_ids
+  security_group_ids   = [aws_security_group.functions.id]
+  log_retention_days   = var.log_retention_days
+  tags                 = local.tags
 }
 
 # ---- Dashboard and alarms ---------------------------------------------------------------

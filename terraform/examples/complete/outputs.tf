@@ -59,7 +59,7 @@ output "job_cluster_name" {
 }
 
 output "job_task_state_rule_arn" {
-  description = "EventBridge rule of the job cluster's ECS Task State Change events, for the bridge into NATS (not deployed yet)."
+  description = "EventBridge rule of the job cluster's ECS Task State Change events (its target: the bridge Lambda)."
   value       = module.job_tasks.task_state_rule_arn
 }
 
@@ -71,4 +71,14 @@ output "dashboard_name" {
 output "alarm_topic_arn" {
   description = "SNS topic the alarms notify: subscribe to it."
   value       = module.observability.sns_topic_arn
+}
+
+output "ecs_bridge_function_name" {
+  description = "The task-state bridge Lambda (ECS task state changes into NATS)."
+  value       = module.ecs_bridge.function_name
+}
+
+output "ecs_bridge_dead_letter_queue_url" {
+  description = "Dead-letter queue of the bridge: events that could not be delivered or handled. Alarm on its depth."
+  value       = module.ecs_bridge.dead_letter_queue_url
 }

@@ -109,9 +109,9 @@ variable "worker_memory" {
 }
 
 variable "worker_max_concurrent_jobs" {
-  description = "Jobs one worker task runs at once (JETRUN_MAX_CONCURRENT_JOBS). 1 gives each job its own Fargate task until the ECS runner exists."
+  description = "Jobs one worker task supervises at once (JETRUN_MAX_CONCURRENT_JOBS). With the ECS runner each job is its own Fargate task, so one worker can watch many; with the process runner, 1 gives each job its own worker task."
   type        = number
-  default     = 1
+  default     = 20
 
   validation {
     condition     = var.worker_max_concurrent_jobs >= 1
@@ -120,14 +120,44 @@ variable "worker_max_concurrent_jobs" {
 }
 
 variable "worker_runner" {
-  description = "Runner of the worker (JETRUN_RUNNER). Fargate cannot run runc (no privileged containers), so until the ECS runner exists jobs run as plain processes inside the worker task: no isolation between the jobs of one task."
+  description = "Runner of the worker (JETRUN_RUNNER). ecs (the default): every job attempt is its own Fargate task in the job cluster, isolated from the worker and from other jobs. process runs jobs as plain processes inside the worker task (no isolation; Fargate cannot run runc); null is for benchmarks."
   type        = string
-  default     = "process"
+  default     = "ecs"
 
   validation {
-    condition     = contains(["process", "null"], var.worker_runner)
-    error_message = "worker_runner must be process (or null, for benchmarks): the oci runner needs runc, which Fargate cannot run."
+    condition     = contains(["ecs", "process", "null"], var.worker_runner)
+    error_message = "worker_runner must be ecs, process or null: the oci runner needs runc, which Fargate cannot run."
   }
+}
+
+variable "job_image" {
+  description = "Image of the default job task definition (jobs run in it; ECS cannot change a task's image at launch). null: the jetrun image."
+  type        = string
+  default     = null
+}
+
+variable "job_task_definitions" {
+  description = "Task definition per queue for the ECS runner (queue => family, which must start with the job cluster's family prefix, <name>-jobs-). Queues not listed use the default job task definition."
+  type        = map(string)
+  default     = {}
+}
+
+variable "job_fargate_spot_weight" {
+  description = "Weight of FARGATE_SPOT for job tasks (FARGATE keeps base 1, weight 1). 0: on-demand only. A Spot interruption is retried as a lost attempt."
+  type        = number
+  default     = 0
+}
+
+variable "job_launch_burst" {
+  description = "Task launches the ECS runner may make at once, for all workers together (Fargate's documented launch bucket: 100)."
+  type        = number
+  default     = 100
+}
+
+variable "job_launch_rate" {
+  description = "Task launches per second for all workers together (Fargate's documented refill rate: 20 per second per account and Region)."
+  type        = number
+  default     = 20
 }
 
 variable "route_desired_count" {

@@ -18,8 +18,9 @@ locals {
   family_prefix = var.task_definition_family_prefix != null ? var.task_definition_family_prefix : "${var.name}-"
 
   # Tasks of this cluster only.
-  task_arn_pattern            = "arn:${local.partition}:ecs:${local.region}:${local.account_id}:task/${var.name}/*"
-  task_definition_arn_pattern = "arn:${local.partition}:ecs:${local.region}:${local.account_id}:task-definition/${local.family_prefix}*"
+  task_arn_pattern               = "arn:${local.partition}:ecs:${local.region}:${local.account_id}:task/${var.name}/*"
+  task_definition_arn_pattern    = "arn:${local.partition}:ecs:${local.region}:${local.account_id}:task-definition/${local.family_prefix}*"
+  container_instance_arn_pattern = "arn:${local.partition}:ecs:${local.region}:${local.account_id}:container-instance/${var.name}/*"
 
   tags = merge(var.tags, { "jetrun:component" = "job-tasks" })
 }
@@ -81,6 +82,18 @@ resource "aws_vpc_security_group_egress_rule" "jobs" {
   ip_protocol       = "-1"
   cidr_ipv4         = var.egress_cidr_blocks[count.index]
   tags              = local.tags
+}
+
+# Jobs without `network` get this group instead: no inbound and no outbound rule.
+resource "aws_security_group" "offline" {
+  name_prefix = "${var.name}-offline-"
+  description = "jetrun job tasks of ${var.name} without network: no inbound, no outbound"
+  vpc_id      = var.vpc_id
+  tags        = merge(local.tags, { Name = "${var.name}-offline" })
+
+  lifecycle {
+    create_before_destroy = true
+  }
 }
 
 # ---- Roles job tasks run with -----------------------------------------------------------
@@ -148,6 +161,20 @@ data "aws_iam_policy_document" "worker" {
     }
   }
 
+  # Adoption: before every RunTask the runner looks for a task of the attempt
+  # (ListTasks by startedBy), and after a restart for its node's tasks. ListTasks is
+  # authorised on container instances; the condition keeps it to this cluster.
+  statement {
+    sid       = "ListJobTasks"
+    actions   = ["ecs:ListTasks"]
+    resources = [local.container_instance_arn_pattern]
+    condition {
+      test     = "ArnEquals"
+      variable = "ecs:cluster"
+      values   = [aws_ecs_cluster.jobs.arn]
+    }
+  }
+
   statement {
     sid       = "WatchAndStopJobTasks"
     actions   = ["ecs:DescribeTasks", "ecs:StopTask"]
@@ -198,4 +225,71 @@ resource "aws_cloudwatch_event_rule" "task_state" {
   })
 
   tags = local.tags
+}
+
+# ---- The default job task definition ------------------------------------------------------
+
+# Every queue's jobs run with this task definition unless the worker maps the queue or the
+# image to another (ECS runner config `queues` / `images`; families must start with
+# the family prefix for the worker's RunTask permission). The image is fixed here: ECS
+# cannot override it per task. The container is `job` (the runner's `container`).
+resource "aws_ecs_task_definition" "default" {
+  count = var.default_job_image == null ? 0 : 1
+
+  family                   = "${local.family_prefix}default"
+  requires_compatibilities = ["FARGATE"]
+  network_mode             = "awsvpc"
+  cpu                      = tostring(var.default_job_cpu)
+  memory                   = tostring(var.default_job_memory)
+  execution_role_arn       = aws_iam_role.execution.arn
+  task_role_arn            = aws_iam_role.job.arn
+
+  runtime_platform {
+    operating_system_family = "LINUX"
+    cpu_architecture        = var.default_job_architecture
+  }
+
+  container_definitions = jsonencode([{
+    name        = "job"
+    image       = var.default_job_image
+    essential   = true
+    stopTimeout = var.job_stop_timeout_seconds
+    logConfiguration = {
+      logDriver = "awslogs"
+      options = {
+        awslogs-group         = aws_cloudwatch_log_group.jobs.name
+        awslogs-region        = local.region
+        awslogs-stream-prefix = "job"
+      }
+    }
+  }])
+
+  tags = local.tags
+}
+
+# ---- What the task-state bridge may do (its reconcile pass) -----------------------------
+
+data "aws_iam_policy_document" "bridge" {
+  statement {
+    sid       = "ListJobTasks"
+    actions   = ["ecs:ListTasks"]
+    resources = [local.container_instance_arn_pattern]
+    condition {
+      test     = "ArnEquals"
+      variable = "ecs:cluster"
+      values   = [aws_ecs_cluster.jobs.arn]
+    }
+  }
+
+  # Describe to report tasks whose events were lost; stop tasks of attempts that moved on.
+  statement {
+    sid       = "DescribeAndStopJobTasks"
+    actions   = ["ecs:DescribeTasks", "ecs:StopTask"]
+    resources = [local.task_arn_pattern]
+    condition {
+      test     = "ArnEquals"
+      variable = "ecs:cluster"
+      values   = [aws_ecs_cluster.jobs.arn]
+    }
+  }
 }

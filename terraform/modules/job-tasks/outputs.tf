@@ -34,7 +34,7 @@ output "log_group_name" {
 }
 
 output "worker_policy_json" {
-  description = "IAM policy for the worker's task role: ecs:RunTask, DescribeTasks, StopTask and TagResource on this cluster, iam:PassRole on the job task roles."
+  description = "IAM policy for the worker's task role: ecs:RunTask on the job task definitions, ListTasks, DescribeTasks, StopTask and TagResource in this cluster, iam:PassRole of the two job roles to ECS."
   value       = data.aws_iam_policy_document.worker.json
 }
 
@@ -46,4 +46,19 @@ output "task_state_rule_arn" {
 output "task_state_rule_name" {
   description = "Name of the EventBridge rule matching this cluster's ECS Task State Change events."
   value       = aws_cloudwatch_event_rule.task_state.name
+}
+
+output "offline_security_group_id" {
+  description = "Security group for jobs without network (no inbound, no outbound): the ECS runner's offline_security_groups."
+  value       = aws_security_group.offline.id
+}
+
+output "default_task_definition_family" {
+  description = "Family of the default job task definition (null when default_job_image is null)."
+  value       = var.default_job_image == null ? null : aws_ecs_task_definition.default[0].family
+}
+
+output "bridge_policy_json" {
+  description = "IAM policy for the task-state bridge's reconcile: ecs:ListTasks, DescribeTasks and StopTask in this cluster."
+  value       = data.aws_iam_policy_document.bridge.json
 }

@@ -76,3 +76,38 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "default_job_image" {
+  description = "Image of the default job task definition (<family prefix>default, container `job`). null: no default task definition is created; the worker's ECS runner config must then name task definitions per queue or image."
+  type        = string
+  default     = null
+}
+
+variable "default_job_cpu" {
+  description = "CPU units of the default job task definition (a Fargate size: 256, 512, 1024, 2048, 4096, 8192 or 16384). Jobs asking for resources override it per task."
+  type        = number
+  default     = 512
+}
+
+variable "default_job_memory" {
+  description = "Memory (MiB) of the default job task definition; must be valid with default_job_cpu on Fargate."
+  type        = number
+  default     = 1024
+}
+
+variable "default_job_architecture" {
+  description = "CPU architecture of the default job task definition: ARM64 or X86_64."
+  type        = string
+  default     = "ARM64"
+
+  validation {
+    condition     = contains(["ARM64", "X86_64"], var.default_job_architecture)
+    error_message = "default_job_architecture must be ARM64 or X86_64."
+  }
+}
+
+variable "job_stop_timeout_seconds" {
+  description = "Seconds ECS waits after SIGTERM before SIGKILL when a job task is stopped (cancel, timeout); at most 120 on Fargate."
+  type        = number
+  default     = 30
+}

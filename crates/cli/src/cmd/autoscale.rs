@@ -54,6 +54,9 @@ pub struct Args {
     /// warning, otherwise.
     #[arg(long, env = "JETRUN_AUTOSCALE_ECS_ENDPOINT_URL")]
     pub ecs_endpoint_url: Option<String>,
+
+    #[command(flatten)]
+    pub metrics: crate::cmd::top::MetricsArgs,
 }
 
 impl Args {
@@ -104,7 +107,9 @@ pub async fn run(g: &GlobalOpts, a: Args) -> anyhow::Result<()> {
     let ctx = g.context("jetrun-autoscale").await?;
     let cfg = crate::cmd::scale::deployment_config(cfg, &ctx.names, &g.nats_url, a.data_dir.as_deref());
     let scaler = crate::cmd::scale::spawn_autoscaler(&ctx, cfg, shutdown.clone()).await?;
+    let mut comps = vec![("autoscale", scaler)];
+    comps.extend(a.metrics.start(&ctx, shutdown.clone()).await?);
     println!("ready autoscale");
     let _ = std::io::stdout().flush();
-    super::supervise::supervise(vec![("autoscale", scaler)], shutdown).await
+    super::supervise::supervise(comps, shutdown).await
 }

@@ -38,10 +38,21 @@ pub struct Args {
     /// secret and API tokens. On loopback dev never needs them.
     #[arg(long)]
     pub insecure_dev: bool,
+    /// Replicas of every stream and bucket dev applies (with --nats-url to a cluster).
+    /// Without it, existing streams and buckets keep theirs (an `init --replicas 3`
+    /// deployment stays R3) and new ones get 1. Lower than existing: refused unless
+    /// --force-replicas.
+    #[arg(long, env = "JETRUN_REPLICAS", value_parser = clap::value_parser!(u16).range(1..=5))]
+    pub replicas: Option<u16>,
+    /// Lower existing streams and buckets to --replicas (less redundancy, warned).
+    #[arg(long, env = "JETRUN_FORCE_REPLICAS", requires = "replicas")]
+    pub force_replicas: bool,
     #[command(flatten)]
     pub ingest: crate::cmd::serve::DevArgs,
     #[command(flatten)]
     pub lifecycle: crate::cmd::worker::LifecycleArgs,
+    #[command(flatten)]
+    pub metrics: crate::cmd::top::MetricsArgs,
     // <<< more dev flags from functions: keep this marker >>>
 }
 
@@ -108,6 +119,8 @@ async fn run_pipeline(
     let client = jetrun_nats::connect(nats_url, "jetrun-dev", Duration::from_secs(20)).await?;
     let js = async_nats::jetstream::new(client.clone());
     let mut topo = Topology::new(names.clone());
+    topo.replicas = a.replicas.map(usize::from);
+    topo.force_replicas = a.force_replicas;
     // `*` is served by discovery (consumers are made per queue as queues appear); the
     // topology declares the named queues, and always `default`.
     topo.queues = a
@@ -120,7 +133,12 @@ async fn run_pipeline(
         .into_iter()
         .collect();
     for r in topo.apply(&js).await? {
-        info!(kind = r.kind, name = %r.name, change = ?r.change, "topology");
+        match &r.warning {
+            Some(w) => {
+                tracing::warn!(kind = r.kind, name = %r.name, change = ?r.change, warning = %w, "topology")
+            }
+            None => info!(kind = r.kind, name = %r.name, change = ?r.change, "topology"),
+        }
     }
     let ctx = jetrun_host::Context::from_client(client, names).await?;
 
@@ -133,10 +151,13 @@ async fn run_pipeline(
     ));
     // In dev every queue may ask for network unless the flag says otherwise.
     let mut lifecycle = a.lifecycle.clone();
+    // Dev runs jobs even where it cannot isolate them (it says so loudly).
+    lifecycle.allow_unisolated = true;
     lifecycle.network_queues.get_or_insert_with(|| vec!["*".into()]);
     components.extend(
         crate::cmd::worker::components(&ctx, &lifecycle, &a.data_dir, &a.queues, shutdown.clone()).await?,
     );
+    components.extend(a.metrics.start(&ctx, shutdown.clone()).await?);
     // <<< components from functions: start each, push (name, handle); keep this marker >>>
     let _ = &ctx;
 

@@ -8,9 +8,15 @@ use crate::GlobalOpts;
 /// Create or upgrade every stream, consumer and KV bucket.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Replicas of every stream and bucket (3 in production, across zones).
-    #[arg(long, env = "JETRUN_REPLICAS", default_value_t = 1)]
-    pub replicas: usize,
+    /// Replicas of every stream and bucket (3 in production, across zones). Without it,
+    /// existing streams and buckets keep theirs and new ones get 1. A count below what
+    /// one already has is refused unless --force-replicas.
+    #[arg(long, env = "JETRUN_REPLICAS", value_parser = clap::value_parser!(u16).range(1..=5))]
+    pub replicas: Option<u16>,
+    /// Lower the replicas of existing streams and buckets to --replicas (less
+    /// redundancy; each is reported with a warning).
+    #[arg(long, env = "JETRUN_FORCE_REPLICAS", requires = "replicas")]
+    pub force_replicas: bool,
     /// Queues whose dispatch consumers to create now (repeatable).
     #[arg(
         long = "queue",
@@ -29,7 +35,8 @@ pub async fn run(g: &GlobalOpts, a: Args) -> anyhow::Result<()> {
     let client = jetrun_nats::connect(&g.nats_url, "jetrun-init", std::time::Duration::from_secs(10)).await?;
     let js = async_nats::jetstream::new(client);
     let mut topo = Topology::new(g.names()?);
-    topo.replicas = a.replicas;
+    topo.replicas = a.replicas.map(usize::from);
+    topo.force_replicas = a.force_replicas;
     for q in &a.queues {
         jetrun_core::names::validate_token(q)?;
     }
@@ -45,6 +52,9 @@ pub async fn run(g: &GlobalOpts, a: Args) -> anyhow::Result<()> {
                 Change::Unchanged => "unchanged",
             };
             println!("{:<9} {:<8} {}", what, r.kind, r.name);
+            if let Some(w) = &r.warning {
+                eprintln!("warning: {} {}: {w}", r.kind, r.name);
+            }
         }
     }
     Ok(())

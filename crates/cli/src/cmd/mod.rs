@@ -10,5 +10,6 @@ pub mod scale;
 pub mod serve;
 pub mod submit;
 pub mod supervise;
+pub mod top;
 pub mod worker;
 // <<< modules of commands from functions: one line each, keep this marker >>>

@@ -91,6 +91,8 @@ pub struct Args {
     pub insecure_dev: bool,
     #[command(flatten)]
     pub http: HttpArgs,
+    #[command(flatten)]
+    pub metrics: crate::cmd::top::MetricsArgs,
 }
 
 /// Flags `jetrun dev` takes for ingest and route.
@@ -116,8 +118,12 @@ pub async fn run(g: &GlobalOpts, a: Args) -> anyhow::Result<()> {
         );
     }
     let ctx = g.context("jetrun-serve").await?;
+    let metrics_ctx = ctx.clone();
     let ingest = Ingest::new(ctx, a.http.config(a.insecure_dev), creds).await?;
     let router = jetrun_ingest::router(ingest);
+    let shutdown = jetrun_host::shutdown_on_signals();
+    // Before the Lambda branch: EMF is how a Lambda function reports its metrics.
+    let metrics = a.metrics.start(&metrics_ctx, shutdown.clone()).await?;
     if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some() {
         #[cfg(feature = "lambda")]
         {
@@ -129,7 +135,7 @@ pub async fn run(g: &GlobalOpts, a: Args) -> anyhow::Result<()> {
         #[cfg(not(feature = "lambda"))]
         anyhow::bail!("AWS_LAMBDA_RUNTIME_API is set but this jetrun was built without the `lambda` feature");
     }
-    let shutdown = jetrun_host::shutdown_on_signals();
+    let _metrics = metrics;
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .with_context(|| format!("binding {}", a.listen))?;

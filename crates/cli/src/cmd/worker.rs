@@ -27,6 +27,9 @@ pub enum RunnerKind {
     Process,
     /// Launches nothing; every task "exits 0" at once. For benchmarks only.
     Null,
+    /// One ECS/Fargate task per attempt (needs a build with the `ecs` feature and
+    /// `--ecs-config`).
+    Ecs,
 }
 
 /// Lifecycle settings shared by `jetrun worker` and `jetrun dev`.
@@ -85,6 +88,16 @@ pub struct LifecycleArgs {
     /// fail with ENOSPC instead of filling the host's disk.
     #[arg(long, env = "JETRUN_TASK_SCRATCH_MB", default_value_t = 1024)]
     pub task_scratch_mb: u64,
+    /// The ECS runner's configuration (`--runner ecs`): JSON, or a path to a JSON file
+    /// (cluster, task definitions per queue, subnets, security groups, capacity
+    /// providers, pacer; see docs/runner.md).
+    #[arg(long, env = "JETRUN_ECS_CONFIG")]
+    pub ecs_config: Option<String>,
+    /// Let `--runner auto` fall back to the process runner (NO isolation) when runc
+    /// cannot run containers here. Without it a worker refuses to start instead; `jetrun
+    /// dev` always allows it, with a warning.
+    #[arg(long, env = "JETRUN_ALLOW_UNISOLATED")]
+    pub allow_unisolated: bool,
 }
 
 /// `--queue '*'`: serve every queue, including ones that appear later.
@@ -164,6 +177,8 @@ pub struct Args {
     pub data_dir: PathBuf,
     #[command(flatten)]
     pub lifecycle: LifecycleArgs,
+    #[command(flatten)]
+    pub metrics: crate::cmd::top::MetricsArgs,
 }
 
 pub use super::supervise::Component;
@@ -180,12 +195,13 @@ fn default_node_id(data_dir: &Path) -> String {
     format!("{}-{:08x}", jetrun_host::hostname(), h as u32)
 }
 
-/// Builds the runner `kind` over `data_dir`; OCI tasks get a `/work` of `scratch_mb` MiB.
+/// Builds the runner `l.runner` over `data_dir` for node `ctx.node_id`.
 pub async fn make_runner(
-    kind: RunnerKind,
+    ctx: &jetrun_host::Context,
+    l: &LifecycleArgs,
     data_dir: &Path,
-    scratch_mb: u64,
 ) -> anyhow::Result<Arc<dyn Runner>> {
+    let (kind, scratch_mb) = (l.runner, l.task_scratch_mb);
     let oci = || {
         jetrun_runner::oci::OciRunner::new(jetrun_runner::oci::OciConfig {
             data_dir: data_dir.to_path_buf(),
@@ -196,6 +212,18 @@ pub async fn make_runner(
     let process = || -> anyhow::Result<Arc<dyn Runner>> {
         warn!("using the PROCESS runner: tasks run as plain child processes with NO isolation");
         Ok(Arc::new(jetrun_runner::process::ProcessRunner::new(data_dir)?))
+    };
+    // `auto` may fall back to no isolation only where the operator allowed it.
+    let fallback = |why: String| -> anyhow::Result<Arc<dyn Runner>> {
+        if !l.allow_unisolated {
+            anyhow::bail!(
+                "{why}: this machine cannot isolate jobs, and a worker does not run them unisolated \
+                 unless told to. Install runc (and run as root), use `--runner ecs`, or pass \
+                 --allow-unisolated (JETRUN_ALLOW_UNISOLATED=true) to run jobs as plain processes"
+            );
+        }
+        warn!("{why}; falling back to the process runner (--allow-unisolated)");
+        process()
     };
     Ok(match kind {
         RunnerKind::Null => {
@@ -216,17 +244,37 @@ pub async fn make_runner(
                     info!("OCI probe passed: tasks run in runc containers");
                     Arc::new(r)
                 }
-                Err(e) => {
-                    warn!(error = %e, "OCI probe failed; falling back to the process runner");
-                    process()?
-                }
+                Err(e) => fallback(format!("the OCI probe failed ({e})"))?,
             },
-            Err(e) => {
-                warn!(error = %e, "OCI runner unavailable; falling back to the process runner");
-                process()?
-            }
+            Err(e) => fallback(format!("the OCI runner is unavailable ({e})"))?,
         },
+        RunnerKind::Ecs => ecs_runner(ctx, l).await?,
     })
+}
+
+#[cfg(feature = "ecs")]
+async fn ecs_runner(ctx: &jetrun_host::Context, l: &LifecycleArgs) -> anyhow::Result<Arc<dyn Runner>> {
+    let raw = l
+        .ecs_config
+        .as_deref()
+        .context("--runner ecs needs --ecs-config (JETRUN_ECS_CONFIG): JSON or a JSON file")?;
+    let json = if raw.trim_start().starts_with('{') {
+        raw.to_string()
+    } else {
+        std::fs::read_to_string(raw).with_context(|| format!("reading the ECS config {raw}"))?
+    };
+    let cfg = jetrun_runner::ecs::EcsConfig::from_json(&json)?;
+    let runner = jetrun_runner::ecs::EcsRunner::from_config_shared(cfg, &ctx.js)
+        .await?
+        // Only this node's tasks: every worker of a deployment shares one cluster.
+        .with_node(ctx.node_id.clone());
+    info!("ECS runner: every job is one ECS task");
+    Ok(Arc::new(runner))
+}
+
+#[cfg(not(feature = "ecs"))]
+async fn ecs_runner(_ctx: &jetrun_host::Context, _l: &LifecycleArgs) -> anyhow::Result<Arc<dyn Runner>> {
+    anyhow::bail!("--runner ecs needs a jetrun built with the `ecs` feature (the shipped image has it)")
 }
 
 /// Starts the node agent, dispatch for each queue and settle; returns their tasks.
@@ -240,7 +288,7 @@ pub async fn components(
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let mut ctx = ctx.clone();
     ctx.node_id = l.node_id.clone().unwrap_or_else(|| default_node_id(data_dir));
-    let runner = make_runner(l.runner, data_dir, l.task_scratch_mb).await?;
+    let runner = make_runner(&ctx, l, data_dir).await?;
     let agent_cfg = jetrun_agent::Config {
         lease_ttl: l.lease_ttl,
         renew_every: l.lease_renew,
@@ -300,7 +348,8 @@ pub async fn components(
 pub async fn run(g: &GlobalOpts, a: Args) -> anyhow::Result<()> {
     let shutdown = jetrun_host::shutdown_on_signals();
     let ctx = g.context("jetrun-worker").await?;
-    let comps = components(&ctx, &a.lifecycle, &a.data_dir, &a.queues, shutdown.clone()).await?;
+    let mut comps = components(&ctx, &a.lifecycle, &a.data_dir, &a.queues, shutdown.clone()).await?;
+    comps.extend(a.metrics.start(&ctx, shutdown.clone()).await?);
     println!("ready worker queues={}", a.queues.join(","));
     let _ = std::io::stdout().flush();
     super::supervise::supervise(comps, shutdown).await
