@@ -323,3 +323,37 @@ fn serve_takes_http_like_dev_and_the_old_listen_spelling() {
         assert!(stderr(&out).contains("not-an-address"), "{}", stderr(&out));
     }
 }
+
+#[test]
+fn commands_that_change_state_answer_json_when_asked() {
+    let dev = start_dev(&["--queue", "default"]);
+    let out = jetrun(
+        &dev,
+        &[
+            "scale", "set", "web", "--queue", "default", "--min", "0", "--max", "2", "--target", "1",
+            "--json",
+        ],
+    );
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(v["applied"], "spec");
+    assert_eq!(v["spec"]["max"], 2);
+    let out = jetrun(&dev, &["scale", "reset", "web", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(v["applied"], "reset", "{v}");
+
+    let out = jetrun(
+        &dev,
+        &[
+            "submit", "--queue", "parked", "--image", "busybox", "--json", "--", "true",
+        ],
+    );
+    let rec: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let id = rec["id"].as_str().unwrap().to_string();
+    assert_eq!(rec["status"], "queued");
+    let out = jetrun(&dev, &["jobs", "cancel", &id, "--json"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!(v["id"], id.as_str());
+    assert_eq!(v["status"], "cancelled");
+}

@@ -28,6 +28,9 @@ pub enum DlqCmd {
     Replay {
         /// Its sequence (from `dlq list`).
         seq: u64,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -76,9 +79,13 @@ pub async fn run(g: &GlobalOpts, cmd: DlqCmd) -> anyhow::Result<()> {
             }
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
-        DlqCmd::Replay { seq } => {
+        DlqCmd::Replay { seq, json } => {
             let new_seq = jetrun_nats::dlq::replay(&js, &names, seq).await?;
-            println!("replayed {seq} as stream sequence {new_seq}");
+            if json {
+                println!("{}", serde_json::json!({"replayed": seq, "stream_seq": new_seq}));
+            } else {
+                println!("replayed {seq} as stream sequence {new_seq}");
+            }
         }
     }
     Ok(())

@@ -50,6 +50,9 @@ pub enum JobsCmd {
     Cancel {
         /// The job id.
         id: String,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Print the tail of a job's task logs, served by the node agent that ran it.
     Logs {
@@ -175,9 +178,13 @@ pub async fn run(g: &GlobalOpts, cmd: JobsCmd) -> anyhow::Result<()> {
                 }
             }
         }
-        JobsCmd::Cancel { id } => {
+        JobsCmd::Cancel { id, json } => {
             let status = jetrun_ingest::jobs::cancel(&ctx, &id).await?;
-            println!("{id} {status}");
+            if json {
+                println!("{}", serde_json::json!({"id": id, "status": status}));
+            } else {
+                println!("{id} {status}");
+            }
         }
         JobsCmd::Logs { id, tail, follow } => crate::cmd::worker::logs(&ctx, &id, tail, follow).await?,
     }

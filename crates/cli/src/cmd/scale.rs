@@ -35,11 +35,17 @@ pub enum ScaleCmd {
         /// How long, e.g. `30m`, `2h`.
         #[arg(long = "for", value_parser = humantime::parse_duration)]
         duration: Duration,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Drop any burst: back to what the spec and the load say.
     Reset {
         /// The service.
         service: String,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -48,6 +54,9 @@ pub enum ScaleCmd {
 pub struct SetArgs {
     /// The service.
     service: String,
+    /// Print the stored spec as JSON.
+    #[arg(long)]
+    json: bool,
     /// The queue whose depth drives it.
     #[arg(long)]
     queue: Option<String>,
@@ -234,28 +243,48 @@ pub async fn run(g: &GlobalOpts, cmd: ScaleCmd) -> anyhow::Result<()> {
             if let Some(v) = a.backend_config {
                 sp.backend_config = Some(serde_json::from_str(&v).context("--backend-config is not JSON")?);
             }
-            report(spec::declare(&kv, &sp).await?);
+            report(spec::declare(&kv, &sp).await?, a.json)?;
         }
         ScaleCmd::Burst {
             service,
             to,
             duration,
+            json,
         } => {
             let req = ScaleRequest::Burst {
                 service,
                 replicas: to,
                 for_seconds: duration.as_secs().max(1),
             };
-            report(spec::apply_request(&kv, &req).await?);
+            report(spec::apply_request(&kv, &req).await?, json)?;
         }
-        ScaleCmd::Reset { service } => {
-            report(spec::apply_request(&kv, &ScaleRequest::Reset { service }).await?);
+        ScaleCmd::Reset { service, json } => {
+            report(
+                spec::apply_request(&kv, &ScaleRequest::Reset { service }).await?,
+                json,
+            )?;
         }
     }
     Ok(())
 }
 
-fn report(a: Applied) {
+fn report(a: Applied, json: bool) -> anyhow::Result<()> {
+    if json {
+        let v = match &a {
+            Applied::Spec { spec, revision } => {
+                serde_json::json!({"applied": "spec", "spec": spec, "revision": revision})
+            }
+            Applied::Burst { service, burst } => {
+                serde_json::json!({"applied": "burst", "service": service, "burst": burst})
+            }
+            Applied::Reset { service, had_burst } => {
+                serde_json::json!({"applied": "reset", "service": service, "had_burst": had_burst})
+            }
+            _ => serde_json::json!({"applied": "other"}),
+        };
+        println!("{v}");
+        return Ok(());
+    }
     match a {
         Applied::Spec { spec, revision } => println!("spec of {} stored (revision {revision})", spec.service),
         Applied::Burst { service, burst } => {
@@ -272,6 +301,7 @@ fn report(a: Applied) {
         Applied::Reset { service, .. } => println!("{service}: no burst was active"),
         _ => println!("done"),
     }
+    Ok(())
 }
 
 /// Starts the autoscaler for `jetrun dev`: local replicas live under `<data_dir>/workers`
