@@ -78,10 +78,13 @@ fn no_tracked_file_reads_outside_the_repository() {
         };
         let rel = file.strip_prefix(&root).unwrap().display().to_string();
         for (n, line) in text.lines().enumerate() {
-            if line.contains("shared/fixtures")
-                || line.contains("/work/shared")
-                || line.contains("../shared/")
-            {
+            // Built from parts, so the needles do not stand in this file as paths.
+            let needles = [
+                concat!("shared/", "fixtures"),
+                concat!("/work/", "shared"),
+                concat!("..", "/shared/"),
+            ];
+            if needles.iter().any(|n| line.contains(n)) {
                 offences.push(format!("{rel}:{}: {}", n + 1, line.trim()));
             }
         }

@@ -216,10 +216,7 @@ async fn submit_value(
         (true, true) => StatusCode::OK,
         (true, false) => StatusCode::CREATED,
     };
-    let served = jetrun_nats::queues::serving(&ingest.ctx.js, &ingest.ctx.names, &queue)
-        .await
-        .ok()
-        .map(|s| s.is_served());
+    let served = served(ingest, &queue).await;
     let warning = (served == Some(false))
         .then(|| format!("no worker serves queue {queue:?} now; the job waits until one does"));
     let location = format!("/v1/jobs/{}", rec.id);
@@ -240,6 +237,37 @@ async fn submit_value(
         resp.headers_mut().insert(header::LOCATION, v);
     }
     Ok(resp)
+}
+
+/// How long a queue's "served" answer is reused.
+const SERVED_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether a worker serves `queue`, read at most once per [`SERVED_TTL`] per queue
+/// (`None` when it could not be told).
+async fn served(ingest: &Ingest, queue: &str) -> Option<bool> {
+    let now = std::time::Instant::now();
+    let cached = ingest
+        .serving
+        .lock()
+        .ok()
+        .and_then(|m| m.get(queue).copied())
+        .filter(|(at, _)| now.duration_since(*at) < SERVED_TTL)
+        .map(|(_, s)| s);
+    if cached.is_some() {
+        return cached;
+    }
+    let fresh = jetrun_nats::queues::serving(&ingest.ctx.js, &ingest.ctx.names, queue)
+        .await
+        .ok()
+        .map(|s| s.is_served())?;
+    if let Ok(mut m) = ingest.serving.lock() {
+        // Queue names come from callers: keep the map bounded.
+        if m.len() >= 1024 {
+            m.clear();
+        }
+        m.insert(queue.to_string(), (now, fresh));
+    }
+    Some(fresh)
 }
 
 fn submit_problem(e: SubmitError) -> Problem {

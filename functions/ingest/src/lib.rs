@@ -185,6 +185,10 @@ pub struct Ingest {
     pub(crate) scale: kv::Store,
     /// This instance's counters.
     pub stats: Counters,
+    /// Whether a worker served each queue, and when that was read (see
+    /// `api::served`): a submission's `served` field costs a JetStream round trip at
+    /// most once a second per queue, not once per request.
+    pub(crate) serving: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, bool)>>,
 }
 
 impl Ingest {
@@ -235,6 +239,7 @@ impl Ingest {
             dedupe,
             scale,
             stats: Counters::default(),
+            serving: Default::default(),
         }))
     }
 }
