@@ -51,6 +51,8 @@ fn exited(job_id: &str, attempt: u32, node: &str, task_ref: &str) -> TaskEvent {
         node_id: node.into(),
         exit_code: Some(0),
         message: None,
+        result: None,
+        result_error: None,
         at: jetrun_core::now(),
     }
 }

@@ -808,6 +808,8 @@ impl Inner {
             node_id: self.ctx.node_id.clone(),
             exit_code: e.exit_code,
             message: e.message,
+            result: None,
+            result_error: None,
             at: jetrun_core::now(),
         }
     }

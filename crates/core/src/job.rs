@@ -293,6 +293,13 @@ pub struct JobRecord {
     /// The last error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<JobError>,
+    /// The result the task left (`$JETRUN_RESULT`, see [`crate::result`]), once it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Why the task's result was refused (too large, not a JSON object); the job's own
+    /// status is not changed by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_error: Option<String>,
     /// When it was admitted.
     pub created_at: Timestamp,
     /// When the record last changed.
@@ -426,6 +433,8 @@ impl JobRecord {
             task_ref: None,
             exit_code: None,
             error: None,
+            result: None,
+            result_error: None,
             created_at: now,
             updated_at: now,
             started_at: None,

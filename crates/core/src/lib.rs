@@ -9,6 +9,7 @@
 //! - [`job`]: the job spec, the job record and the state machine that guards every
 //!   transition;
 //! - [`task`], [`scale`], [`dlq`]: the task lifecycle, autoscaling and dead-letter records;
+//! - [`result`]: the small JSON result a task leaves, size-capped and checked;
 //! - [`callback`]: where a completion callback may go (tenant namespace, address ranges);
 //! - [`schema`]: the JSON Schemas of `schemas/`, embedded at build time and compiled once.
 //!
@@ -21,6 +22,7 @@ pub mod envelope;
 pub mod job;
 pub mod limits;
 pub mod names;
+pub mod result;
 pub mod scale;
 pub mod schema;
 pub mod task;

@@ -66,6 +66,12 @@ pub struct TaskEvent {
     /// Details, for failures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The result the task left, for `exited` (see [`crate::result`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Why the task's result was refused, for `exited`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_error: Option<String>,
     /// When it happened.
     pub at: Timestamp,
 }

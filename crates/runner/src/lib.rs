@@ -190,4 +190,32 @@ pub trait Runner: Send + Sync + 'static {
 
     /// Paths of the task's stdout and stderr logs, if it has them.
     fn log_paths(&self, task_ref: &str) -> Option<(std::path::PathBuf, std::path::PathBuf)>;
+
+    /// The raw result the ended task left (`$JETRUN_RESULT`; on ECS the last
+    /// `jetrun-result: ` log line), read at most [`jetrun_core::result::MAX_RESULT_BYTES`]
+    /// `+ 1` bytes so an oversized one is refused without being read whole. `None`: the
+    /// task left none. Checked by the caller with [`jetrun_core::result::parse`].
+    async fn result(&self, task_ref: &str) -> Result<Option<Vec<u8>>, RunnerError> {
+        let _ = task_ref;
+        Ok(None)
+    }
+
+    /// The last `lines` lines of the task's stdout and stderr, for `jetrun jobs logs`.
+    /// `None`: the runner keeps no logs for it. The default reads [`Runner::log_paths`];
+    /// runners whose logs live elsewhere (ECS: CloudWatch Logs) override it (and return
+    /// `None` from `log_paths`).
+    async fn log_tail(
+        &self,
+        task_ref: &str,
+        lines: usize,
+    ) -> Result<Option<(Vec<String>, Vec<String>)>, RunnerError> {
+        let Some((out, err)) = self.log_paths(task_ref) else {
+            return Ok(None);
+        };
+        let read = |p: &std::path::Path| {
+            logs::tail(p, lines)
+                .map_err(|e| RunnerError::new(RunnerErrorKind::Runtime, format!("read {}: {e}", p.display())))
+        };
+        Ok(Some((read(&out)?, read(&err)?)))
+    }
 }

@@ -172,6 +172,8 @@ impl Report {
             node_id: node_id.to_string(),
             exit_code: self.exit_code,
             message: self.message.clone(),
+            result: None,
+            result_error: None,
             at: self.at,
         }
     }

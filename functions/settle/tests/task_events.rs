@@ -90,6 +90,8 @@ fn exited(id: &str, code: i32) -> TaskEvent {
         node_id: "node-a".into(),
         exit_code: Some(code),
         message: None,
+        result: None,
+        result_error: None,
         at: jetrun_core::now(),
     }
 }
