@@ -8,6 +8,12 @@ setup:
 dev *ARGS:
     bash scripts/dev.sh {{ARGS}}
 
+# The GitHub bisect bot end to end: a local repository with a planted regression, a
+# signed "/bisect v1 main" webhook, `git bisect run` in a container, the answer posted to
+# a local GitHub stand-in (examples/bisect, docs/rules.md)
+demo:
+    bash scripts/demo.sh
+
 # Lint and run every test
 test *ARGS:
     bash scripts/test.sh {{ARGS}}

@@ -329,3 +329,55 @@ async fn an_adopted_task_still_ends_with_a_valid_signature() {
         dl.iter().map(|s| &s.entry.reason).collect::<Vec<_>>()
     );
 }
+
+/// A task's result is untrusted output: it reaches the record only through the signed
+/// `exited` event, checked (one JSON object, at most 16 KiB); a refused one is said in
+/// `result_error` and never changes the job's status, which follows the exit code alone.
+/// `jetrun jobs get` shows both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tasks_result_reaches_the_record_checked_and_never_changes_its_status() {
+    let env = Env::start().await;
+    let _w = Worker::spawn(&env, &env.dir.path().join("w"), &[]);
+    let good = env
+        .submit(sh(
+            "default",
+            r#"printf '{"first_bad":"abc123"}' > "$JETRUN_RESULT""#,
+        ))
+        .await;
+    let bad = env
+        .submit(sh("default", r#"echo 'not json' > "$JETRUN_RESULT""#))
+        .await;
+    let failing = env
+        .submit(sh(
+            "default",
+            r#"printf '{"why":"flaky"}' > "$JETRUN_RESULT"; exit 3"#,
+        ))
+        .await;
+    let r = env
+        .wait_terminal(
+            &[good.clone(), bad.clone(), failing.clone()],
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(r[0].status, JobStatus::Succeeded, "{:?}", r[0]);
+    assert_eq!(r[0].result.as_ref().unwrap()["first_bad"], "abc123");
+    assert_eq!(r[0].result_error, None);
+    assert_eq!(r[1].status, JobStatus::Succeeded, "{:?}", r[1]);
+    assert_eq!(r[1].result, None);
+    let e = r[1].result_error.as_deref().unwrap();
+    assert!(e.contains("not valid JSON"), "{e}");
+    assert_eq!(
+        (r[2].status, r[2].exit_code),
+        (JobStatus::Failed, Some(3)),
+        "{:?}",
+        r[2]
+    );
+    assert_eq!(r[2].result.as_ref().unwrap()["why"], "flaky");
+    let shown = env.cli(&["jobs", "get", &good]);
+    assert!(shown.contains(r#"result:    {"first_bad":"abc123"}"#), "{shown}");
+    let shown = env.cli(&["jobs", "get", &bad]);
+    assert!(
+        shown.contains("result:    refused: result is not valid JSON"),
+        "{shown}"
+    );
+}

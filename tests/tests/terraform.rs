@@ -1234,7 +1234,15 @@ fn terraform_nats_users_are_the_tested_least_privilege_users() {
     );
     // Every user of the template has its password in the Secrets Manager secret.
     let vars = std::fs::read_to_string(root.join("terraform/modules/nats-cluster/variables.tf")).unwrap();
-    for user in ["ingest", "route", "worker", "autoscale", "bridge", "operator"] {
+    for user in [
+        "ingest",
+        "route",
+        "worker",
+        "autoscale",
+        "bridge",
+        "github",
+        "operator",
+    ] {
         assert!(
             tftpl.contains(&format!("user: {user},")),
             "{user} missing from the template"
@@ -1244,4 +1252,306 @@ fn terraform_nats_users_are_the_tested_least_privilege_users() {
             "{user} missing from the secret's description"
         );
     }
+}
+
+// ---- jetrun's own metrics in the observability module ------------------------------------
+
+/// `local.jetrun_metrics` of the observability module: key → (metric name, dimensions).
+fn jetrun_metric_defs(m: &Module) -> BTreeMap<String, (String, BTreeSet<String>)> {
+    let Expression::Object(obj) = m.local("jetrun_metrics") else {
+        panic!("local.jetrun_metrics is not an object literal");
+    };
+    let mut out = BTreeMap::new();
+    for (k, v) in obj {
+        let key = match k {
+            ObjectKey::Identifier(i) => i.as_str().to_string(),
+            other => panic!("jetrun_metrics key {other:?} is not an identifier"),
+        };
+        let Expression::Object(def) = v else {
+            panic!("jetrun_metrics.{key} is not an object literal");
+        };
+        let field = |name: &str| {
+            def.iter()
+                .find(|(k, _)| matches!(k, ObjectKey::Identifier(i) if i.as_str() == name))
+                .map(|(_, v)| v)
+                .unwrap_or_else(|| panic!("jetrun_metrics.{key} has no {name}"))
+        };
+        let Expression::String(name) = field("name") else {
+            panic!("jetrun_metrics.{key}.name is not a string literal");
+        };
+        let Expression::Array(dims) = field("dimensions") else {
+            panic!("jetrun_metrics.{key}.dimensions is not a list literal");
+        };
+        let dims: BTreeSet<String> = dims
+            .iter()
+            .map(|d| match d {
+                Expression::String(s) => s.clone(),
+                other => panic!("jetrun_metrics.{key}.dimensions holds {other}"),
+            })
+            .collect();
+        out.insert(key, (name.clone(), dims));
+    }
+    out
+}
+
+/// `local.jetrun_metrics.<key>.name` → `key`.
+fn metric_key_of(e: &Expression) -> Option<String> {
+    let Expression::Traversal(t) = e else { return None };
+    let Expression::Variable(v) = &t.expr else {
+        return None;
+    };
+    let path: Vec<String> = t
+        .operators
+        .iter()
+        .map(|op| match op {
+            TraversalOperator::GetAttr(a) => a.as_str().to_string(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    match (v.as_str(), path.as_slice()) {
+        ("local", [m, key, name]) if m == "jetrun_metrics" && name == "name" => Some(key.clone()),
+        _ => None,
+    }
+}
+
+fn is_jetrun_namespace(e: Option<&Expression>) -> bool {
+    e.is_some_and(|e| e.to_string() == "local.jetrun_namespace")
+}
+
+#[test]
+fn the_dashboard_and_alarms_use_only_metrics_jetrun_really_emits() {
+    let m = Module::named("observability");
+    assert_eq!(
+        m.local("jetrun_namespace"),
+        &Expression::String(jetrun_telemetry::emf::NAMESPACE.to_string()),
+        "the namespace jetrun's EMF lines use"
+    );
+    // What the code emits: metric name + dimension set (tested in jetrun_telemetry against
+    // the EMF encoder's own output).
+    let emitted: BTreeSet<(String, BTreeSet<String>)> = jetrun_telemetry::emf::EMITTED
+        .iter()
+        .flat_map(|e| {
+            e.dimensions
+                .iter()
+                .map(|d| (e.name.to_string(), d.iter().map(|s| s.to_string()).collect()))
+        })
+        .collect();
+    let defs = jetrun_metric_defs(&m);
+    assert!(defs.len() >= 10, "{defs:?}");
+    let mut problems = Vec::new();
+    for (key, (name, dims)) in &defs {
+        if !emitted.contains(&(name.clone(), dims.clone())) {
+            problems.push(format!(
+                "jetrun_metrics.{key}: {name} with dimensions {dims:?} is not emitted by jetrun"
+            ));
+        }
+    }
+
+    // Nothing bypasses the list: no other string or template literal names a metric.
+    fn literals<'a>(body: &'a Body, skip: &str, out: &mut Vec<&'a Expression>) {
+        for a in body.attributes() {
+            if a.key() != skip {
+                walk(a.expr(), out);
+            }
+        }
+        for b in body.blocks() {
+            literals(b.body(), skip, out);
+        }
+    }
+    let mut exprs = Vec::new();
+    for (_, _, body) in &m.files {
+        literals(body, "jetrun_metrics", &mut exprs);
+    }
+    for e in exprs {
+        let texts: Vec<String> = match e {
+            Expression::String(s) => vec![s.clone()],
+            Expression::TemplateExpr(t) => Template::from_expr(t)
+                .map(|t| {
+                    t.elements()
+                        .iter()
+                        .filter_map(|el| match el {
+                            Element::Literal(s) => Some(s.clone()),
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        for s in texts {
+            if s.contains("jetrun_") {
+                problems.push(format!("a metric named outside local.jetrun_metrics: {s:?}"));
+            }
+        }
+    }
+
+    // Every reference to the list names an entry.
+    for (path, text, _) in &m.files {
+        for prefix in ["local.jetrun_metrics.", "local.jetrun_search."] {
+            for key in references(text, prefix) {
+                if !defs.contains_key(&key) {
+                    problems.push(format!("{}: {prefix}{key} is not defined", path.display()));
+                }
+            }
+        }
+    }
+    // The dashboard's searches: [metric key, statistic, label].
+    let mut searches = 0;
+    for e in m.all_expressions() {
+        let Expression::Object(obj) = e else { continue };
+        let Some((_, Expression::Array(list))) = obj
+            .iter()
+            .find(|(k, _)| matches!(k, ObjectKey::Identifier(i) if i.as_str() == "searches"))
+        else {
+            continue;
+        };
+        for s in list {
+            let items = strings(s);
+            let [key, stat, _label] = items.as_slice() else {
+                problems.push(format!("a search is not [key, statistic, label]: {s}"));
+                continue;
+            };
+            searches += 1;
+            if !defs.contains_key(key) {
+                problems.push(format!("a dashboard search names {key:?}, not in jetrun_metrics"));
+            }
+            let percentile = stat
+                .strip_prefix('p')
+                .and_then(|p| p.parse::<f64>().ok())
+                .is_some_and(|p| (0.0..=100.0).contains(&p));
+            if !(percentile
+                || ["Sum", "Maximum", "Minimum", "Average", "SampleCount"].contains(&stat.as_str()))
+            {
+                problems.push(format!("{key}: {stat:?} is not a CloudWatch statistic"));
+            }
+        }
+    }
+    assert!(
+        searches >= 9,
+        "the dashboard's jetrun widgets were not found ({searches})"
+    );
+
+    // Alarms (and the metrics of their metric math) on the jetrun namespace: the metric
+    // comes from the list and the dimensions are exactly that entry's set.
+    let mut alarms = 0;
+    let mut check_metric = |owner: String, body: &Body, problems: &mut Vec<String>| {
+        if !is_jetrun_namespace(attr(body, "namespace")) {
+            return;
+        }
+        alarms += 1;
+        let Some(key) = attr(body, "metric_name").and_then(metric_key_of) else {
+            problems.push(format!(
+                "{owner}: metric_name is not local.jetrun_metrics.<key>.name"
+            ));
+            return;
+        };
+        let Some((name, dims)) = defs.get(&key) else {
+            problems.push(format!("{owner}: jetrun_metrics.{key} is not defined"));
+            return;
+        };
+        let used = attr(body, "dimensions").map(object_keys).unwrap_or_default();
+        if &used != dims {
+            problems.push(format!(
+                "{owner}: {name} queried with dimensions {used:?}, emitted with {dims:?}"
+            ));
+        }
+    };
+    for alarm in m.resources("aws_cloudwatch_metric_alarm") {
+        let owner = format!("aws_cloudwatch_metric_alarm.{}", label(alarm, 1));
+        check_metric(owner.clone(), alarm.body(), &mut problems);
+        let mut inner = Vec::new();
+        fn metric_blocks<'a>(body: &'a Body, out: &mut Vec<&'a Block>) {
+            for b in body.blocks() {
+                if b.identifier() == "metric" {
+                    out.push(b);
+                }
+                metric_blocks(b.body(), out);
+            }
+        }
+        metric_blocks(alarm.body(), &mut inner);
+        for b in inner {
+            check_metric(format!("{owner} (metric_query)"), b.body(), &mut problems);
+        }
+    }
+    assert!(alarms >= 7, "the jetrun alarms were not found ({alarms})");
+
+    // The failure rate's statuses are jetrun's terminal ones.
+    let terminal: BTreeSet<String> = jetrun_core::JobStatus::ALL
+        .iter()
+        .filter(|s| s.is_terminal())
+        .map(|s| s.as_str().to_string())
+        .collect();
+    let listed: BTreeSet<String> = strings(m.local("terminal_statuses")).into_iter().collect();
+    assert_eq!(listed, terminal, "local.terminal_statuses");
+    for s in strings(m.local("failed_statuses")) {
+        assert!(terminal.contains(&s), "failed_statuses: {s} is not terminal");
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn the_example_writes_emf_where_jetrun_runs() {
+    let ex = Module::example();
+    let env = ex.local("metrics_env").to_string();
+    assert!(
+        env.contains("JETRUN_METRICS_EMF") && env.contains("stdout"),
+        "{env}"
+    );
+    let text: String = ex.files.iter().map(|(_, t, _)| t.as_str()).collect();
+    assert!(
+        text.contains("merge(local.base_env, local.metrics_env"),
+        "the ECS services' environment includes local.metrics_env"
+    );
+    let ingest = ex
+        .blocks("module")
+        .find(|b| label(b, 0) == "ingest")
+        .expect("module ingest");
+    let env = attr(ingest.body(), "environment").unwrap().to_string();
+    assert!(
+        env.contains("local.metrics_env"),
+        "ingest Lambda environment: {env}"
+    );
+}
+
+#[test]
+fn lambda_functions_trace_with_xray_and_may_write_segments() {
+    for (module, mode) in [
+        ("ingest-lambda", "var.tracing_mode"),
+        ("ecs-bridge", "\"Active\""),
+    ] {
+        let m = Module::named(module);
+        let f = m.resource("aws_lambda_function", "this");
+        let tracing = nested(f.body(), "tracing_config");
+        assert_eq!(tracing.len(), 1, "{module}: no tracing_config");
+        assert_eq!(
+            attr(tracing[0].body(), "mode").map(|e| e.to_string()).as_deref(),
+            Some(mode),
+            "{module}"
+        );
+        let xray = m.resource("aws_iam_role_policy_attachment", "xray");
+        let arn = attr(xray.body(), "policy_arn").unwrap().to_string();
+        assert!(
+            arn.contains(":iam::aws:policy/AWSXRayDaemonWriteAccess"),
+            "{module}: {arn}"
+        );
+        assert_eq!(
+            attr(xray.body(), "role").unwrap().to_string(),
+            "aws_iam_role.function.name",
+            "{module}: the function's own role"
+        );
+    }
+    // The variable defaults to Active and refuses anything Lambda does not know.
+    let m = Module::named("ingest-lambda");
+    let v = m.variables()["tracing_mode"];
+    assert_eq!(
+        attr(v.body(), "default"),
+        Some(&Expression::String("Active".into()))
+    );
+    let validation = nested(v.body(), "validation");
+    assert!(
+        attr(validation[0].body(), "condition")
+            .unwrap()
+            .to_string()
+            .contains("PassThrough")
+    );
 }

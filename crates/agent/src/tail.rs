@@ -1,5 +1,5 @@
 //! Following a log file from an offset, for `jetrun jobs logs --follow` over request/reply
-//! (the tail itself is `jetrun_runner::logs::tail_with_offset`, a backward seek).
+//! (the tail itself comes from `Runner::log_tail`; see [`crate::services`]).
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;

@@ -3,7 +3,7 @@
 //! The `jetrun` command: `dev` brings the whole pipeline up on one machine; `init` creates
 //! the JetStream topology; `submit` and `jobs` work with jobs; `dlq` inspects and replays
 //! dead letters; further commands come from the functions (`serve`, `worker`, `scale`,
-//! `autoscale`, `image`). Every command that talks to NATS takes `--nats-url`
+//! `autoscale`, `image`, `github`). Every command that talks to NATS takes `--nats-url`
 //! (`JETRUN_NATS_URL`).
 
 use clap::parser::ValueSource;
@@ -206,6 +206,21 @@ enum Command {
     /// Live view: queues (depth, oldest age, running, rates), recent failures, nodes.
     /// `--once` prints one frame (`--json` as JSON).
     Top(cmd::top::Args),
+    /// Answer on GitHub for rules with a `reply` (production; in dev it runs inside `dev`).
+    ///
+    /// Reads the webhooks stream (consumer `github`) and answers refused or malformed
+    /// commands; reads job state changes (consumer `github-jobs`) to acknowledge a job at
+    /// admission (reaction or comment) and post its answer at its terminal state, through
+    /// GitHub's REST API, retried on 5xx and rate limits, never twice per job (claims in the
+    /// bucket `<prefix>-github`). Runs as the NATS user `github`; `jetrun init` creates the
+    /// consumers and the bucket. Stops cleanly on SIGTERM or Ctrl-C.
+    ///
+    /// Examples:
+    ///   jetrun github --rules rules.yaml --github-token-file /run/secrets/github-token
+    ///   jetrun github --config github.yaml --public-url https://jetrun.example.com
+    ///   jetrun github --rules rules.yaml --github-api-url https://ghe.example.com/api/v3
+    #[command(verbatim_doc_comment)]
+    Github(cmd::github::Args),
     // <<< commands from functions: one line each, keep this marker >>>
 }
 
@@ -235,6 +250,7 @@ async fn main() -> std::process::ExitCode {
         Command::Route(a) => cmd::serve::run_route(&cli.global, a).await,
         Command::Autoscale(a) => cmd::autoscale::run(&cli.global, a).await,
         Command::Top(a) => cmd::top::run(&cli.global, a).await,
+        Command::Github(a) => cmd::github::run(&cli.global, a).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "jetrun", &mut std::io::stdout());
             Ok(())

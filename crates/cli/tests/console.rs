@@ -573,6 +573,9 @@ fn browse(base: &str, img: &Path) {
     sign_in(&d, base, OPS);
     d.go(&format!("{base}/ui/queues"));
     d.wait_for("#queues", Duration::from_secs(10));
+    // The columns of the last minute's rates, beside the depth.
+    assert!(d.find("#queues td.submitted-rate").is_some());
+    assert!(d.find("#queues td.finished-rate").is_some());
     d.screenshot(&img.join("console-queues.png"));
     d.go(&format!("{base}/ui/scale"));
     d.wait_for("#controls-bisect-workers", Duration::from_secs(10));

@@ -604,33 +604,35 @@ fn metrics_pass_promtool_and_move_and_emf_lines_follow_the_spec() {
     for d in &docs {
         let aws = &d["_aws"];
         assert!(aws["Timestamp"].as_u64().unwrap() > 1_600_000_000_000);
+        // The labels' directive, then roll-ups (fewer dimensions) of some of its metrics.
         let directives = aws["CloudWatchMetrics"].as_array().unwrap();
-        assert_eq!(directives.len(), 1);
-        let dir = &directives[0];
-        assert_eq!(dir["Namespace"], "jetrun");
-        for set in dir["Dimensions"].as_array().unwrap() {
-            let set = set.as_array().unwrap();
-            assert!(set.len() <= 30);
-            for dim in set {
+        assert!((1..=2).contains(&directives.len()), "{d}");
+        for dir in directives {
+            assert_eq!(dir["Namespace"], "jetrun");
+            for set in dir["Dimensions"].as_array().unwrap() {
+                let set = set.as_array().unwrap();
+                assert!(set.len() <= 30);
+                for dim in set {
+                    assert!(
+                        d[dim.as_str().unwrap()].is_string(),
+                        "dimension {dim} missing from {d}"
+                    );
+                }
+            }
+            let metrics = dir["Metrics"].as_array().unwrap();
+            assert!(!metrics.is_empty() && metrics.len() <= 100);
+            for m in metrics {
+                let name = m["Name"].as_str().unwrap();
+                let unit = m["Unit"].as_str().unwrap();
+                assert!(["Seconds", "Count", "None"].contains(&unit));
+                let v = &d[name];
                 assert!(
-                    d[dim.as_str().unwrap()].is_string(),
-                    "dimension {dim} missing from {d}"
+                    v.is_number()
+                        || v.as_array()
+                            .is_some_and(|a| a.len() <= 100 && a.iter().all(|x| x.is_number())),
+                    "{name}: {v}"
                 );
             }
-        }
-        let metrics = dir["Metrics"].as_array().unwrap();
-        assert!(!metrics.is_empty() && metrics.len() <= 100);
-        for m in metrics {
-            let name = m["Name"].as_str().unwrap();
-            let unit = m["Unit"].as_str().unwrap();
-            assert!(["Seconds", "Count", "None"].contains(&unit));
-            let v = &d[name];
-            assert!(
-                v.is_number()
-                    || v.as_array()
-                        .is_some_and(|a| a.len() <= 100 && a.iter().all(|x| x.is_number())),
-                "{name}: {v}"
-            );
         }
         if d["queue"] == "traced" && d["status"] == "succeeded" {
             finished += d["jetrun_jobs_finished_total"].as_f64().unwrap_or(0.0);
@@ -640,15 +642,42 @@ fn metrics_pass_promtool_and_move_and_emf_lines_follow_the_spec() {
     dev.stop();
 }
 
+/// Publishes `payload` on `subject` in JetStream (no CloudEvent headers).
+fn publish_raw(nats: &str, subject: &str, payload: &'static [u8]) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let c = async_nats::connect(nats).await.unwrap();
+        let js = async_nats::jetstream::new(c);
+        js.publish(subject.to_string(), payload.into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    });
+}
+
 #[test]
 fn top_once_shows_the_queues_and_nodes() {
     let dev = start_dev(&[], &[]);
     let (status, _) = send_webhook(&dev, "/trace top", None);
     assert_eq!(status, 202);
     let ids = wait_succeeded(&dev, 1);
-    let out = jetrun(&dev, &["top", "--once", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let f: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // A submission that is not a CloudEvent: dispatch dead-letters it, on queue `traced`.
+    publish_raw(&dev.nats, "jetrun.job.submit.traced", b"not an event");
+    let start = Instant::now();
+    let f = loop {
+        let out = jetrun(&dev, &["top", "--once", "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let f: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if f["dead_letters"].as_u64() >= Some(1) {
+            break f;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "no dead letter: {f:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let q = f["queues"]
         .as_array()
         .unwrap()
@@ -659,16 +688,118 @@ fn top_once_shows_the_queues_and_nodes() {
     assert_eq!(q["finished"]["succeeded"], 1, "{f:#}");
     assert_eq!(q["running"], 0);
     assert_eq!(q["pending"], 0);
+    assert_eq!(q["dead_letters"], 1, "{f:#}");
+    // The one job that started: its own submit-to-start, a few seconds at most.
+    assert_eq!(q["queue_wait_sample"], 1, "{f:#}");
+    let p50 = q["queue_wait_p50_seconds"].as_f64().unwrap();
+    assert!((0.0..10.0).contains(&p50), "{f:#}");
+    assert_eq!(q["queue_wait_p99_seconds"].as_f64(), Some(p50));
+    assert!(q["finished_per_second"].is_null(), "no rate from a single frame");
     assert!(!f["nodes"].as_array().unwrap().is_empty(), "{f:#}");
+
     let text = jetrun(&dev, &["top", "--once"]);
     let text = String::from_utf8_lossy(&text.stdout).into_owned();
+    assert!(
+        !text.contains('\x1b'),
+        "--once output has no escape sequences: {text:?}"
+    );
+    let header = text
+        .lines()
+        .find(|l| l.starts_with("QUEUE "))
+        .unwrap_or_else(|| panic!("{text}"));
+    let cols: Vec<&str> = header.split_whitespace().collect();
     let line = text
         .lines()
         .find(|l| l.starts_with("traced "))
         .unwrap_or_else(|| panic!("{text}"));
-    assert_eq!(line.split_whitespace().nth(6), Some("1"), "{text}");
+    let cell = |name: &str| {
+        let i = cols.iter().position(|c| *c == name).unwrap();
+        line.split_whitespace().nth(i).unwrap().to_string()
+    };
+    assert_eq!(cell("SUCCEEDED"), "1", "{text}");
+    assert_eq!(cell("DLQ"), "1", "{text}");
+    assert_eq!(cell("DONE/S"), "-", "{text}");
+    assert!(cell("WAIT99").ends_with('s'), "{text}");
     assert!(text.contains("NODE"), "{text}");
     assert!(!text.contains(&ids[0]), "no failure expected: {text}");
+}
+
+#[test]
+fn top_live_redraws_with_rates_from_the_counters() {
+    let dev = start_dev(&[], &[]);
+    // Live, not a terminal, as JSON: one frame per line every interval.
+    let mut top = Command::new(BIN)
+        .args(["top", "--json", "--interval", "300ms"])
+        .env("JETRUN_NATS_URL", &dev.nats)
+        .env_remove("NATS_URL")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = top.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx
+                .send(serde_json::from_str(&l).expect("a frame is one JSON line"))
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let first = rx.recv_timeout(Duration::from_secs(20)).expect("a first frame");
+    assert!(first["queues"].is_array(), "{first:#}");
+    for i in 0..3 {
+        let (status, _) = send_webhook(&dev, &format!("/trace live {i}"), None);
+        assert_eq!(status, 202);
+    }
+    wait_succeeded(&dev, 3);
+    // Frames keep coming; once all three are counted, the frames in between showed them
+    // finishing at a positive rate (jobs finished over the interval).
+    let start = Instant::now();
+    let mut frames = 1;
+    let mut rates = Vec::new();
+    loop {
+        let f = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("frames keep coming");
+        frames += 1;
+        if let Some(q) = f["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["queue"] == "traced")
+        {
+            if let Some(r) = q["finished_per_second"].as_f64() {
+                rates.push(r);
+            }
+            if q["finished"]["succeeded"] == 3 {
+                break;
+            }
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "never saw 3 finished");
+    }
+    assert!(frames >= 2);
+    assert!(
+        rates.iter().any(|r| *r > 0.0),
+        "no positive finished/s while 3 jobs finished: {rates:?}"
+    );
+    // The next frame: nothing more finished, so the rate falls back to zero.
+    let next = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("frames keep coming");
+    let q = next["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["queue"] == "traced")
+        .unwrap()
+        .clone();
+    assert_eq!(q["finished_per_second"].as_f64(), Some(0.0), "{q:#}");
+    let _ = top.kill();
+    let _ = top.wait();
 }
 
 /// The series of an exposition (sample lines), without their values.

@@ -23,7 +23,15 @@ use futures::StreamExt;
 use jetrun_harness::{ServerOptions, ServerProcess, free_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_jetrun");
-const USERS: [&str; 6] = ["ingest", "route", "worker", "autoscale", "bridge", "operator"];
+const USERS: [&str; 7] = [
+    "ingest",
+    "route",
+    "worker",
+    "autoscale",
+    "bridge",
+    "github",
+    "operator",
+];
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/github-webhooks");
 
 /// A child killed on drop.

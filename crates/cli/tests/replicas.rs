@@ -57,7 +57,7 @@ async fn init_r3_then_dev_on_the_cluster_stays_r3_and_lowering_needs_force() {
     let (ok, _, err) = jetrun(&urls, &["init", "--replicas", "3"]);
     assert!(ok, "{err}");
     let r3 = replicas(&js).await;
-    assert_eq!(r3.len(), 12, "{r3:?}");
+    assert_eq!(r3.len(), 14, "{r3:?}");
     assert!(r3.iter().all(|(_, r)| *r == 3), "{r3:?}");
 
     // `jetrun dev --nats-url <cluster>` without --replicas keeps R3.

@@ -62,6 +62,30 @@ pub struct JobSpec {
     /// Where to report completion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback: Option<Callback>,
+    /// A git repository the runner clones into the task's work dir before the command
+    /// runs (with the host's git; the job itself gets no network for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkout: Option<Checkout>,
+}
+
+/// A repository to check out into the task's work dir before the command runs
+/// (`docs/runner.md`, "Repository checkout").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checkout {
+    /// `https://...`, or an absolute local path the runner's config allows.
+    pub repo: String,
+    /// A branch, tag or commit id (a safe git ref: see [`crate::limits::valid_git_ref`]).
+    #[serde(rename = "ref")]
+    pub git_ref: String,
+    /// Shallow clone of this many commits (default: the full history).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<u32>,
+    /// Name of an environment variable **of the worker** holding a token for a private
+    /// repository; must start with `JETRUN_GIT_TOKEN` so a job cannot name any other
+    /// secret of the worker. Handed to git as an HTTP header, never to the task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_env: Option<String>,
 }
 
 /// Resource limits of a task.
@@ -106,6 +130,7 @@ impl JobSpec {
             ports: Vec::new(),
             idempotency_key: None,
             callback: None,
+            checkout: None,
         }
     }
 
@@ -351,6 +376,18 @@ pub enum Transition {
         /// Its exit code; 0 is success.
         exit_code: i32,
     },
+    /// `running → succeeded | failed`: the task exited, with the result it left (or why
+    /// that was refused). The status follows the exit code alone; a refused result only
+    /// sets `result_error`. Settle applies this one from the `exited` task event, so the
+    /// record and its state-change event carry the result from the same write.
+    ExitedWith {
+        /// Its exit code; 0 is success.
+        exit_code: i32,
+        /// The result the task left ([`crate::result`]).
+        result: Option<serde_json::Map<String, serde_json::Value>>,
+        /// Why the task's result was refused.
+        result_error: Option<String>,
+    },
     /// `launching | running → timed_out`.
     TimedOut,
     /// `→ cancelled`, from any non-terminal state.
@@ -408,6 +445,8 @@ impl Transition {
             Transition::Started { .. } => JobStatus::Running,
             Transition::Exited { exit_code: 0 } => JobStatus::Succeeded,
             Transition::Exited { .. } => JobStatus::Failed,
+            Transition::ExitedWith { exit_code: 0, .. } => JobStatus::Succeeded,
+            Transition::ExitedWith { .. } => JobStatus::Failed,
             Transition::TimedOut => JobStatus::TimedOut,
             Transition::Cancel { .. } => JobStatus::Cancelled,
             Transition::Retry { .. } => JobStatus::Queued,
@@ -447,6 +486,16 @@ impl JobRecord {
         }
     }
 
+    fn exited(&mut self, exit_code: i32) {
+        self.exit_code = Some(exit_code);
+        if exit_code != 0 {
+            self.error = Some(JobError::new(
+                "exit_code",
+                format!("task exited with code {exit_code}"),
+            ));
+        }
+    }
+
     /// Applies `t` at time `now`, returning the new record, or why it is refused.
     pub fn apply(&self, t: &Transition, now: Timestamp) -> Result<JobRecord, TransitionError> {
         let to = t.target(self.status);
@@ -481,14 +530,15 @@ impl JobRecord {
                 next.task_ref = Some(task_ref.clone());
                 next.started_at = Some(now);
             }
-            Transition::Exited { exit_code } => {
-                next.exit_code = Some(*exit_code);
-                if *exit_code != 0 {
-                    next.error = Some(JobError::new(
-                        "exit_code",
-                        format!("task exited with code {exit_code}"),
-                    ));
-                }
+            Transition::Exited { exit_code } => next.exited(*exit_code),
+            Transition::ExitedWith {
+                exit_code,
+                result,
+                result_error,
+            } => {
+                next.exited(*exit_code);
+                next.result = result.clone();
+                next.result_error = result_error.clone();
             }
             Transition::TimedOut => {
                 next.error = Some(JobError::new(
@@ -577,6 +627,49 @@ mod tests {
             .apply(&Transition::Cancel { reason: "x".into() }, now)
             .unwrap_err();
         assert_eq!(e.kind, TransitionErrorKind::Terminal);
+    }
+
+    #[test]
+    fn an_exit_with_a_result_records_it_and_the_status_follows_the_exit_code() {
+        let now = crate::now();
+        let running = rec()
+            .apply(
+                &Transition::Claim {
+                    worker_id: "w".into(),
+                    node_id: "n".into(),
+                },
+                now,
+            )
+            .and_then(|r| r.apply(&Transition::Started { task_ref: "t".into() }, now))
+            .unwrap();
+        let mut result = serde_json::Map::new();
+        result.insert("answer".into(), serde_json::json!(42));
+        let ok = running
+            .apply(
+                &Transition::ExitedWith {
+                    exit_code: 0,
+                    result: Some(result.clone()),
+                    result_error: None,
+                },
+                now,
+            )
+            .unwrap();
+        assert_eq!(ok.status, JobStatus::Succeeded);
+        assert_eq!(ok.result, Some(result));
+        let refused = running
+            .apply(
+                &Transition::ExitedWith {
+                    exit_code: 3,
+                    result: None,
+                    result_error: Some("result too large".into()),
+                },
+                now,
+            )
+            .unwrap();
+        assert_eq!(refused.status, JobStatus::Failed);
+        assert_eq!(refused.exit_code, Some(3));
+        assert_eq!(refused.result_error.as_deref(), Some("result too large"));
+        assert_eq!(refused.error.unwrap().kind, "exit_code");
     }
 
     #[test]

@@ -100,6 +100,39 @@ pub fn valid_env_key(k: &str) -> bool {
         && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
 }
 
+/// Whether `r` is a git ref jetrun will check out: a branch, tag or commit id of
+/// `[A-Za-z0-9._/+-]`, 1 to 255 bytes, not starting with `-` (an option to git) or `/`,
+/// with no `..`, `//`, `@{`, no trailing `/` or `.lock` (git's own `check-ref-format`
+/// rules, minus everything a comment has no business putting there).
+pub fn valid_git_ref(r: &str) -> bool {
+    !r.is_empty()
+        && r.len() <= 255
+        && !r.starts_with('-')
+        && !r.starts_with('/')
+        && !r.starts_with('.')
+        && !r.ends_with('/')
+        && !r.ends_with(".lock")
+        && !r.contains("..")
+        && !r.contains("//")
+        && !r.contains("/.")
+        && r.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'/' | b'-' | b'+'))
+}
+
+/// Whether `repo` is a repository address jetrun may clone: `https://` with a host and
+/// no credentials in it, or an absolute local path (which the runner then checks against
+/// its own allow-list). Never `ssh`, `git://`, `file://`, `ext::` or an option.
+pub fn valid_checkout_repo(repo: &str) -> bool {
+    if repo.len() > 2048 || repo.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return false;
+    }
+    if let Some(rest) = repo.strip_prefix("https://") {
+        let authority = rest.split('/').next().unwrap_or("");
+        return !authority.is_empty() && !authority.contains('@');
+    }
+    repo.starts_with('/') && !repo.split('/').any(|seg| seg == "..")
+}
+
 fn valid_port_name(p: &str) -> bool {
     !p.is_empty() && p.len() <= 32 && p.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')
 }
@@ -268,6 +301,33 @@ impl JobSpec {
             bad("/tenant".into(), "must not contain NUL".into());
         }
 
+        if let Some(c) = &self.checkout {
+            if !valid_checkout_repo(&c.repo) {
+                bad(
+                    "/checkout/repo".into(),
+                    "must be an https:// URL without credentials or an absolute local path".into(),
+                );
+            }
+            if !valid_git_ref(&c.git_ref) {
+                bad(
+                    "/checkout/ref".into(),
+                    "must be a branch, tag or commit id of A-Z a-z 0-9 . _ / + - (no .., no leading -)"
+                        .into(),
+                );
+            }
+            if c.depth == Some(0) {
+                bad("/checkout/depth".into(), "must be at least 1".into());
+            }
+            if let Some(t) = &c.token_env
+                && !(t.starts_with("JETRUN_GIT_TOKEN") && valid_env_key(t))
+            {
+                bad(
+                    "/checkout/token_env".into(),
+                    "must be an environment variable name starting with JETRUN_GIT_TOKEN".into(),
+                );
+            }
+        }
+
         if out.is_empty() {
             Ok(())
         } else {
@@ -360,6 +420,52 @@ mod tests {
         );
         let e = s.validate(&SpecLimits::default()).unwrap_err();
         assert!(e.to_string().contains("/image: must be 1 to 512 bytes"));
+    }
+
+    #[test]
+    fn checkouts_are_bounded() {
+        let mut s = spec();
+        s.checkout = Some(crate::job::Checkout {
+            repo: "https://github.com/octo/app.git".into(),
+            git_ref: "v1.2.0".into(),
+            depth: None,
+            token_env: Some("JETRUN_GIT_TOKEN_OCTO".into()),
+        });
+        assert_eq!(s.validate(&SpecLimits::default()), Ok(()));
+        s.checkout = Some(crate::job::Checkout {
+            repo: "ssh://git@github.com/octo/app".into(),
+            git_ref: "--upload-pack=evil".into(),
+            depth: Some(0),
+            token_env: Some("AWS_SECRET_ACCESS_KEY".into()),
+        });
+        assert_eq!(
+            pointers(&s),
+            [
+                "/checkout/repo",
+                "/checkout/ref",
+                "/checkout/depth",
+                "/checkout/token_env"
+            ]
+        );
+        for r in ["main", "refs/heads/feature/x", "4f2a9c1", "v1.0+build"] {
+            assert!(valid_git_ref(r), "{r}");
+        }
+        for r in [
+            "", "-x", "a..b", "a/", "x.lock", "a b", "a@{1}", "/abs", "a/.b", "$(id)",
+        ] {
+            assert!(!valid_git_ref(r), "{r}");
+        }
+        assert!(valid_checkout_repo("/srv/git/app"));
+        for r in [
+            "https://user:pw@github.com/a/b",
+            "file:///etc",
+            "ext::sh -c id",
+            "/srv/../etc",
+            "https:///x",
+            "relative/path",
+        ] {
+            assert!(!valid_checkout_repo(r), "{r}");
+        }
     }
 
     #[test]

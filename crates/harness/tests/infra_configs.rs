@@ -17,8 +17,16 @@ fn every_infra_config_is_valid() {
             .arg("-c")
             .arg(&f)
             .envs(
-                ["INGEST", "ROUTE", "WORKER", "AUTOSCALE", "BRIDGE", "OPERATOR"]
-                    .map(|u| (format!("JETRUN_{u}_PASSWORD"), "x".to_string())),
+                [
+                    "INGEST",
+                    "ROUTE",
+                    "WORKER",
+                    "AUTOSCALE",
+                    "BRIDGE",
+                    "GITHUB",
+                    "OPERATOR",
+                ]
+                .map(|u| (format!("JETRUN_{u}_PASSWORD"), "x".to_string())),
             )
             .output()
             .unwrap();

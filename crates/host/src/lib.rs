@@ -86,6 +86,11 @@ impl HandlerError {
     }
 }
 
+/// A transient failure: retried after a second. The reason is the error with its causes.
+pub fn transient(e: impl std::fmt::Display) -> HandlerError {
+    HandlerError::retry(e.to_string(), Duration::from_secs(1))
+}
+
 impl std::fmt::Display for HandlerError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -119,14 +124,15 @@ where
 #[non_exhaustive]
 pub enum HostError {
     /// The stream or consumer could not be reached.
-    #[error("consumer {consumer} on {stream}: {message}")]
+    #[error("consumer {consumer} on {stream}")]
     Consumer {
         /// Stream.
         stream: String,
         /// Consumer.
         consumer: String,
-        /// Details.
-        message: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -180,13 +186,13 @@ impl ConsumerHost {
         consumer: &str,
         config: HostConfig,
     ) -> Result<Self, HostError> {
-        let err = |m: String| HostError::Consumer {
+        let err = |e: Box<dyn std::error::Error + Send + Sync>| HostError::Consumer {
             stream: stream.into(),
             consumer: consumer.into(),
-            message: m,
+            source: e,
         };
-        let s = js.get_stream(stream).await.map_err(|e| err(e.to_string()))?;
-        let c: PullConsumer = s.get_consumer(consumer).await.map_err(|e| err(e.to_string()))?;
+        let s = js.get_stream(stream).await.map_err(|e| err(e.into()))?;
+        let c: PullConsumer = s.get_consumer(consumer).await.map_err(err)?;
         Ok(Self {
             max_deliver: c.cached_info().config.max_deliver,
             consumer: c,
@@ -349,8 +355,13 @@ impl ConsumerHost {
             let work = AssertUnwindSafe(handler.handle(incoming)).catch_unwind();
             let work = tokio::time::timeout(self.config.handler_timeout, work);
             tokio::pin!(work);
-            let mut progress = tokio::time::interval(self.config.progress_every);
-            progress.tick().await;
+            // The first tick one period from now, not awaited at once: an interval's
+            // immediate first tick still goes through the timer wheel (1 ms resolution)
+            // and held every message up by about a millisecond before its handler ran.
+            let mut progress = tokio::time::interval_at(
+                tokio::time::Instant::now() + self.config.progress_every,
+                self.config.progress_every,
+            );
             let outcome = loop {
                 tokio::select! {
                     r = &mut work => break r,
@@ -519,16 +530,17 @@ pub struct Context {
 #[non_exhaustive]
 pub enum ContextError {
     /// NATS could not be reached.
-    #[error("cannot connect to NATS at {url}: {message}")]
+    #[error("cannot connect to NATS at {url}: {source}")]
     Connect {
         /// Where.
         url: String,
         /// Why.
-        message: String,
+        #[source]
+        source: jetrun_nats::ConnectError,
     },
     /// The buckets are missing: run `jetrun init`.
     #[error("job store unavailable ({0}); has `jetrun init` run against this server?")]
-    Store(jetrun_nats::StoreError),
+    Store(#[source] jetrun_nats::StoreError),
 }
 
 impl Context {
@@ -538,7 +550,7 @@ impl Context {
             .await
             .map_err(|e| ContextError::Connect {
                 url: url.to_string(),
-                message: e.to_string(),
+                source: e,
             })?;
         Self::from_client(client, names).await
     }

@@ -149,6 +149,7 @@ impl WireError {
                 kind,
                 message: self.message.clone(),
                 transition: None,
+                source: None,
             })
         };
         match self.kind {
@@ -174,6 +175,7 @@ impl WireError {
                 kind: StoreErrorKind::Unavailable,
                 message: format!("store full: {}", self.message),
                 transition: None,
+                source: None,
             }),
             WireErrorKind::Internal => store(StoreErrorKind::Corrupt),
         }
@@ -617,11 +619,11 @@ impl ControlClient {
             .or(traceparent)
             .or_else(|| Some(jetrun_core::envelope::new_traceparent()));
         let body = serde_json::to_vec(&spec).map_err(|e| {
-            SubmitError::Publish(PublishError {
-                kind: PublishErrorKind::Encode,
-                subject: submit_subject(&self.names),
-                message: e.to_string(),
-            })
+            SubmitError::Publish(PublishError::caused(
+                PublishErrorKind::Encode,
+                submit_subject(&self.names),
+                e,
+            ))
         })?;
         let mut headers = HeaderMap::new();
         crate::events::insert_header(&mut headers, H_JOB_ID, &id);
@@ -639,6 +641,7 @@ impl ControlClient {
                 kind: StoreErrorKind::Unavailable,
                 message,
                 transition: None,
+                source: None,
             })
         };
         match self

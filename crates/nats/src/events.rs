@@ -37,8 +37,29 @@ pub struct PublishError {
     pub kind: PublishErrorKind,
     /// The subject.
     pub subject: String,
-    /// Details.
+    /// Details: the cause's own text (callers and [`crate::store::is_store_full`]
+    /// match on it); the typed cause is [`PublishError::source`].
     pub message: String,
+    /// What failed underneath (the client's publish error, a schema or encode error).
+    #[source]
+    pub source: Option<crate::store::Cause>,
+}
+
+impl PublishError {
+    /// A failure of `kind` publishing on `subject`, caused by `source`.
+    pub fn caused(
+        kind: PublishErrorKind,
+        subject: impl Into<String>,
+        source: impl Into<crate::store::Cause>,
+    ) -> Self {
+        let source = source.into();
+        Self {
+            kind,
+            subject: subject.into(),
+            message: source.to_string(),
+            source: Some(source),
+        }
+    }
 }
 
 /// Inserts the header `name: value` unless either is not a valid NATS header (async-nats
@@ -274,11 +295,9 @@ impl EventPublisher {
         data: &T,
     ) -> Result<u64, PublishError> {
         let fut = self.send(subject.clone(), env, data).await?;
-        let ack = fut.await.map_err(|e| PublishError {
-            kind: PublishErrorKind::Unavailable,
-            subject: subject.clone(),
-            message: e.to_string(),
-        })?;
+        let ack = fut
+            .await
+            .map_err(|e| PublishError::caused(PublishErrorKind::Unavailable, subject.clone(), e))?;
         Ok(ack.sequence)
     }
 
@@ -290,21 +309,12 @@ impl EventPublisher {
         env: &Envelope,
         data: &T,
     ) -> Result<PublishAckFuture, PublishError> {
-        let value = serde_json::to_value(data).map_err(|e| PublishError {
-            kind: PublishErrorKind::Encode,
-            subject: subject.clone(),
-            message: e.to_string(),
-        })?;
-        schema::validate_value(&env.ty, &value).map_err(|e| PublishError {
-            kind: PublishErrorKind::Invalid,
-            subject: subject.clone(),
-            message: e.to_string(),
-        })?;
-        let body = serde_json::to_vec(&value).map_err(|e| PublishError {
-            kind: PublishErrorKind::Encode,
-            subject: subject.clone(),
-            message: e.to_string(),
-        })?;
+        let value = serde_json::to_value(data)
+            .map_err(|e| PublishError::caused(PublishErrorKind::Encode, subject.clone(), e))?;
+        schema::validate_value(&env.ty, &value)
+            .map_err(|e| PublishError::caused(PublishErrorKind::Invalid, subject.clone(), e))?;
+        let body = serde_json::to_vec(&value)
+            .map_err(|e| PublishError::caused(PublishErrorKind::Encode, subject.clone(), e))?;
         self.send_raw(subject, env, Bytes::from(body)).await
     }
 
@@ -317,11 +327,8 @@ impl EventPublisher {
     ) -> Result<PublishAckFuture, PublishError> {
         // A value that cannot be a header (CR, LF, NUL, ...) is the producer's error, not a
         // panic deep in the client.
-        env.validate().map_err(|e| PublishError {
-            kind: PublishErrorKind::Invalid,
-            subject: subject.clone(),
-            message: e.to_string(),
-        })?;
+        env.validate()
+            .map_err(|e| PublishError::caused(PublishErrorKind::Invalid, subject.clone(), e))?;
         let (queue, job_id) = job_of_subject(&subject);
         let span = tracing::info_span!(
             "publish",
@@ -360,11 +367,7 @@ impl EventPublisher {
             let headers = to_header_map(env);
             js.publish_with_headers(subject.clone(), headers, body)
                 .await
-                .map_err(|e| PublishError {
-                    kind: PublishErrorKind::Unavailable,
-                    subject,
-                    message: e.to_string(),
-                })
+                .map_err(|e| PublishError::caused(PublishErrorKind::Unavailable, subject, e))
         }
         .instrument(span)
         .await

@@ -10,6 +10,8 @@
 //! - [`control`]: the job-control service (submit, cancel through the lifecycle) and its
 //!   client, for producers that may not write the jobs bucket;
 //! - [`dlq`]: dead-letter entries: publish, list, replay;
+//! - [`lifecycle`]: the one lifecycle policy — retry with backoff, attempts, fail, dead
+//!   letter — used by dispatch and settle, and the shared retry and lock helpers;
 //! - [`queues`]: which queues have submissions waiting and whether a worker serves them;
 //! - [`auth`] and [`connect`]: credentials and TLS from `JETRUN_NATS_*`, one connect path
 //!   for every command.
@@ -18,6 +20,7 @@ pub mod auth;
 pub mod control;
 pub mod dlq;
 pub mod events;
+pub mod lifecycle;
 pub mod queues;
 pub mod store;
 pub mod submit;

@@ -51,36 +51,56 @@ pub enum StoreErrorKind {
     StoreFull,
 }
 
+/// The cause of a store or publish failure (the client's typed error, when there is one).
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
 #[error("{}{message}", kind_prefix(kind))]
 pub struct StoreError {
     /// What kind of failure.
     pub kind: StoreErrorKind,
-    /// Details.
+    /// Details. For a JetStream failure this is the cause's own text (callers and
+    /// [`is_store_full`] match on it); the typed cause is [`StoreError::source`].
     pub message: String,
     /// The refused transition, for [`StoreErrorKind::Transition`].
     pub transition: Option<TransitionError>,
+    /// What failed underneath (a JetStream client error, a decode error), if anything.
+    #[source]
+    pub source: Option<Cause>,
 }
 
 impl StoreError {
-    fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
+    /// An error of `kind` with no underlying cause.
+    pub fn new(kind: StoreErrorKind, message: impl Into<String>) -> Self {
         Self {
             kind,
             message: message.into(),
             transition: None,
+            source: None,
+        }
+    }
+    /// An error of `kind` caused by `source` (its text is the message).
+    fn caused(kind: StoreErrorKind, source: impl Into<Cause>) -> Self {
+        let source = source.into();
+        Self {
+            kind,
+            message: source.to_string(),
+            transition: None,
+            source: Some(source),
         }
     }
     /// A failure of JetStream: [`StoreErrorKind::StoreFull`] when it says it is out of
-    /// space, else [`StoreErrorKind::Unavailable`].
-    fn unavailable(e: impl std::fmt::Display) -> Self {
-        let message = e.to_string();
-        let kind = if is_store_full(&message) {
+    /// space, else [`StoreErrorKind::Unavailable`]. The client's error is kept as the
+    /// source.
+    fn unavailable(e: impl Into<Cause>) -> Self {
+        let source = e.into();
+        let kind = if is_store_full(&source.to_string()) {
             StoreErrorKind::StoreFull
         } else {
             StoreErrorKind::Unavailable
         };
-        Self::new(kind, message)
+        Self::caused(kind, source)
     }
     /// Whether retrying later may succeed.
     pub fn is_transient(&self) -> bool {
@@ -145,16 +165,16 @@ async fn read_with_retry<T, E, F, Fut>(mut read: F) -> Result<T, StoreError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, E>>,
-    E: std::fmt::Display,
+    E: Into<Cause>,
 {
     let deadline = tokio::time::Instant::now() + READ_RETRY_FOR;
     let mut delay = Duration::from_millis(25);
     let mut attempt_timeout = Duration::from_secs(1);
     loop {
-        let error = match tokio::time::timeout(attempt_timeout, read()).await {
+        let error: Cause = match tokio::time::timeout(attempt_timeout, read()).await {
             Ok(Ok(v)) => return Ok(v),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => format!("no answer within {} ms", attempt_timeout.as_millis()),
+            Ok(Err(e)) => e.into(),
+            Err(_) => format!("no answer within {} ms", attempt_timeout.as_millis()).into(),
         };
         let now = tokio::time::Instant::now();
         if now + delay >= deadline {
@@ -205,6 +225,7 @@ impl From<TransitionError> for StoreError {
             kind: StoreErrorKind::Transition(e.kind),
             message: e.to_string(),
             transition: Some(e),
+            source: None,
         }
     }
 }
@@ -318,11 +339,14 @@ fn encode(rec: &JobRecord) -> Result<Bytes, StoreError> {
     };
     serde_json::to_vec(&stored)
         .map(Bytes::from)
-        .map_err(|e| StoreError::new(StoreErrorKind::Corrupt, e.to_string()))
+        .map_err(|e| StoreError::caused(StoreErrorKind::Corrupt, e))
 }
 
 fn decode(id: &str, b: &[u8]) -> Result<JobRecord, StoreError> {
-    let corrupt = |e: serde_json::Error| StoreError::new(StoreErrorKind::Corrupt, format!("job {id}: {e}"));
+    let corrupt = |e: serde_json::Error| StoreError {
+        message: format!("job {id}: {e}"),
+        ..StoreError::caused(StoreErrorKind::Corrupt, e)
+    };
     let mut rec: JobRecord = serde_json::from_slice(b).map_err(corrupt)?;
     rec.attempt_key = serde_json::from_slice::<StoredKey>(b)
         .map_err(corrupt)?
@@ -373,11 +397,15 @@ impl JobStore {
 
     /// Admits a job: stores it if no job has its id, else reports the existing one.
     ///
-    /// The index entry (`<queue>.active.<id>`) is written **before** the record, so every
-    /// stored record is listed and reachable by dispatch's reconcile even when the
-    /// caller dies or its submission's publish fails right after. If the record's create
-    /// then fails, the entry names no record: listings ignore it, and drop it once older
-    /// than a minute.
+    /// The index entry (`<queue>.active.<id>`) is sent **before** the record, on the same
+    /// connection and without waiting for its answer (one round trip for both): the
+    /// server receives the entry first, so a caller that dies right after still leaves
+    /// every stored record listed and reachable by dispatch's reconcile. Admission only
+    /// succeeds once both are stored; if the server refused the entry but stored the
+    /// record, the entry is written again before anything is reported, and an error
+    /// (the caller retries; a retry finds the job and writes its entry) if it still
+    /// cannot be. If the record's create fails, the entry names no record: listings
+    /// ignore it, and drop it once older than a minute.
     pub async fn admit(&self, rec: JobRecord) -> Result<Admission, StoreError> {
         if !jetrun_core::job::valid_job_id(&rec.id) {
             return Err(StoreError::new(
@@ -386,16 +414,26 @@ impl JobStore {
             ));
         }
         let key = index_key(&rec);
-        write_with_retry(|| self.index.put(&key, Bytes::new()))
-            .await
-            .map_err(StoreError::unavailable)?;
         let body = encode(&rec)?;
-        match write_with_retry(|| self.jobs.create(&rec.id, body.clone())).await {
-            Ok(rev) => {
+        let index_put = || write_with_retry(|| self.index.put(&key, Bytes::new()));
+        // `join!` polls the entry's put first: it is on the wire before the create.
+        let (indexed, created) = tokio::join!(
+            index_put(),
+            write_with_retry(|| self.jobs.create(&rec.id, body.clone()))
+        );
+        let indexed = match (&indexed, &created) {
+            // Refused while the record was stored: one more try, the record must be listed.
+            (Err(_), Ok(_)) => index_put().await,
+            _ => indexed,
+        };
+        match (created, indexed) {
+            (Ok(rev), Ok(_)) => {
                 self.after_commit(None, &rec, rev).await?;
                 Ok(Admission::New(rec, rev))
             }
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+            // Stored but not listed: not admitted; the caller's retry writes the entry.
+            (Ok(_), Err(e)) => Err(StoreError::unavailable(e)),
+            (Err(e), Ok(_)) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                 let (existing, rev) = self.get(&rec.id).await?.ok_or_else(|| {
                     StoreError::new(StoreErrorKind::Conflict, "job vanished during admission")
                 })?;
@@ -406,7 +444,9 @@ impl JobStore {
                 }
                 Ok(Admission::Existing(existing, rev))
             }
-            Err(e) => Err(StoreError::unavailable(e)),
+            (Err(e), Ok(_)) => Err(StoreError::unavailable(e)),
+            // The entry first: a refused entry is the reason to retry either way.
+            (Err(_), Err(e)) => Err(StoreError::unavailable(e)),
         }
     }
 
@@ -544,7 +584,7 @@ impl JobStore {
                 let to_body = |c: &StateChange| {
                     serde_json::to_vec(c)
                         .map(Bytes::from)
-                        .map_err(|e| StoreError::new(StoreErrorKind::Corrupt, e.to_string()))
+                        .map_err(|e| StoreError::caused(StoreErrorKind::Corrupt, e))
                 };
                 // A job that asked for a callback also gets its terminal change on the
                 // callback subject, and that one must be stored before we return: it is
@@ -797,8 +837,7 @@ impl JobStore {
     /// Writes a lease with a per-message TTL, expecting `revision` as the key's last
     /// sequence (0: the key has no message).
     async fn write_lease(&self, lease: &Lease, revision: u64, ttl: Duration) -> Result<u64, StoreError> {
-        let body =
-            serde_json::to_vec(lease).map_err(|e| StoreError::new(StoreErrorKind::Corrupt, e.to_string()))?;
+        let body = serde_json::to_vec(lease).map_err(|e| StoreError::caused(StoreErrorKind::Corrupt, e))?;
         let mut headers = HeaderMap::new();
         headers.insert(
             async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
@@ -835,7 +874,7 @@ impl JobStore {
         match read_with_retry(|| self.leases.entry(job_id)).await? {
             Some(e) if e.operation == kv::Operation::Put => {
                 let l = serde_json::from_slice(&e.value)
-                    .map_err(|e| StoreError::new(StoreErrorKind::Corrupt, e.to_string()))?;
+                    .map_err(|e| StoreError::caused(StoreErrorKind::Corrupt, e))?;
                 Ok(Some((l, e.revision)))
             }
             _ => Ok(None),
@@ -845,6 +884,20 @@ impl JobStore {
     /// Releases a lease (the task ended normally). Not an expiry.
     pub async fn release_lease(&self, job_id: &str) -> Result<(), StoreError> {
         self.leases.delete(job_id).await.map_err(StoreError::unavailable)
+    }
+
+    /// Releases the lease only if it is still the one written at `revision` (a lease
+    /// taken for a claim that then lost must not delete the winner's).
+    /// [`StoreErrorKind::Conflict`] if it changed.
+    pub async fn release_lease_at(&self, job_id: &str, revision: u64) -> Result<(), StoreError> {
+        match self.leases.delete_expect_revision(job_id, Some(revision)).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.to_string().to_ascii_lowercase().contains("wrong last sequence") => Err(StoreError {
+                kind: StoreErrorKind::Conflict,
+                ..StoreError::unavailable(e)
+            }),
+            Err(e) => Err(StoreError::unavailable(e)),
+        }
     }
 
     /// Every lease expiry from now on, as the job id whose lease ran out. Releases
@@ -931,6 +984,22 @@ mod tests {
         assert!(!not_applied("timed out: didn't receive ack in time"));
         let full = StoreError::unavailable("insufficient resources").to_string();
         assert!(full.starts_with("job store full"), "{full}");
+    }
+
+    #[test]
+    fn a_jetstream_failure_keeps_its_cause_as_the_source() {
+        let e = StoreError::unavailable(std::io::Error::other("connection reset"));
+        let src = std::error::Error::source(&e).expect("a source");
+        assert!(src.downcast_ref::<std::io::Error>().is_some());
+        assert_eq!(e.message, "connection reset");
+        // The cause's text is in the message already: the chain does not repeat it.
+        assert_eq!(crate::lifecycle::error_chain(&e), e.to_string());
+        let p = crate::PublishError::caused(
+            crate::PublishErrorKind::Unavailable,
+            "s",
+            std::io::Error::other("gone"),
+        );
+        assert!(std::error::Error::source(&p).is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some()));
     }
 
     #[tokio::test(start_paused = true)]

@@ -111,21 +111,15 @@ pub async fn submit_as(
     validate(&spec, store.names())?;
     let traceparent = traceparent.or_else(|| Some(jetrun_core::envelope::new_traceparent()));
     let record = JobRecord::new(id.clone(), spec.clone(), traceparent.clone(), source);
-    // A retry (the same idempotency key) usually finds its job: one read, no write.
-    let admission = match store.get(&id).await? {
-        Some((existing, rev)) => Admission::Existing(existing, rev),
-        // Retried through a failover: the admission is create-if-absent, so a create
-        // whose answer was lost reports the job as existing on the next try (the index
-        // write is a plain put).
-        None => {
-            retry_transient(
-                "admit",
-                || store.admit(record.clone()),
-                |e: &StoreError| e.kind == crate::store::StoreErrorKind::Unavailable,
-            )
-            .await?
-        }
-    };
+    // Straight to the create-if-absent (no read first: a new job, the common case, would
+    // pay a round trip for nothing); a retry (the same idempotency key, or a create whose
+    // answer was lost in a failover) finds its job as `Existing`.
+    let admission = retry_transient(
+        "admit",
+        || store.admit(record.clone()),
+        |e: &StoreError| e.kind == crate::store::StoreErrorKind::Unavailable,
+    )
+    .await?;
     if admission.record().status == jetrun_core::JobStatus::Queued {
         let tp = admission.record().traceparent.clone().or(traceparent);
         // Retried too: `Nats-Msg-Id` = job id, so a publish that did land is stored once.
@@ -207,22 +201,17 @@ pub async fn resubmit(
         .with_trace(record.traceparent.clone(), None);
     let mut headers = crate::events::to_header_map(&env);
     headers.insert(jetrun_core::envelope::H_MSG_ID, msg_id);
-    let body = serde_json::to_vec(&record.spec).map_err(|e| crate::PublishError {
-        kind: crate::PublishErrorKind::Encode,
-        subject: subject.clone(),
-        message: e.to_string(),
-    })?;
-    let unavailable = |e: String| crate::PublishError {
-        kind: crate::PublishErrorKind::Unavailable,
-        subject: subject.clone(),
-        message: e,
+    let body = serde_json::to_vec(&record.spec)
+        .map_err(|e| crate::PublishError::caused(crate::PublishErrorKind::Encode, subject.clone(), e))?;
+    let unavailable = |e: crate::store::Cause| {
+        crate::PublishError::caused(crate::PublishErrorKind::Unavailable, subject.clone(), e)
     };
     let ack = publisher
         .jetstream()
         .publish_with_headers(subject.clone(), headers, body.into())
         .await
-        .map_err(|e| unavailable(e.to_string()))?
+        .map_err(|e| unavailable(e.into()))?
         .await
-        .map_err(|e| unavailable(e.to_string()))?;
+        .map_err(|e| unavailable(e.into()))?;
     Ok(ack.sequence)
 }

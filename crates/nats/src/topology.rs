@@ -129,6 +129,13 @@ pub struct Topology {
     pub queues: Vec<String>,
     /// File or memory storage.
     pub storage: StorageType,
+    /// Buckets of optional components (the ECS launch pacer, the github function's
+    /// claims), declared by them and applied like the core ones: same replica rules,
+    /// same storage, same refusal to lower without force.
+    pub extra_buckets: Vec<kv::Config>,
+    /// Durable consumers of optional components, as `(stream, config)`: created here
+    /// because the components' credentials may not create consumers.
+    pub extra_consumers: Vec<(String, consumer::pull::Config)>,
 }
 
 impl Topology {
@@ -141,6 +148,8 @@ impl Topology {
             force_replicas: false,
             queues: vec!["default".into()],
             storage: StorageType::File,
+            extra_buckets: Vec::new(),
+            extra_consumers: Vec::new(),
         }
     }
 
@@ -323,6 +332,13 @@ impl Topology {
                 ..base(n.bucket_nodes(), "live nodes (per-key TTL)")
             },
         ]
+        .into_iter()
+        .chain(self.extra_buckets.iter().map(|c| kv::Config {
+            storage: self.storage,
+            num_replicas: self.replicas_for_new(),
+            ..c.clone()
+        }))
+        .collect()
     }
 
     /// The dispatch consumer of `queue`.
@@ -369,6 +385,9 @@ impl Topology {
             report.push(ensure_consumer(js, &self.names.stream_jobs(), self.dispatch_consumer(q)).await?);
         }
         report.push(ensure_consumer(js, &self.names.stream_webhooks(), self.route_consumer()).await?);
+        for (stream, cfg) in &self.extra_consumers {
+            report.push(ensure_consumer(js, stream, cfg.clone()).await?);
+        }
         Ok(report)
     }
 }

@@ -379,3 +379,58 @@ async fn a_lease_taken_again_after_release_or_expiry_still_expires() {
         .unwrap();
     assert_eq!(expired, "again");
 }
+
+#[tokio::test]
+async fn a_lease_released_at_a_stale_revision_stays_with_its_new_holder() {
+    let server = NatsServer::start().unwrap();
+    let (_js, store) = setup(&server).await;
+    let lease = |worker: &str| Lease {
+        job_id: "contested".into(),
+        attempt: 1,
+        worker_id: worker.into(),
+        node_id: "n".into(),
+    };
+    // A dispatcher whose claim lost took the lease first; the winner took it over.
+    let loser = store
+        .acquire_lease(&lease("loser"), Duration::from_secs(30))
+        .await
+        .unwrap();
+    store.release_lease("contested").await.unwrap();
+    store
+        .acquire_lease(&lease("winner"), Duration::from_secs(30))
+        .await
+        .unwrap();
+    // The loser's clean-up must not take the winner's lease away.
+    let e = store.release_lease_at("contested", loser).await.unwrap_err();
+    assert_eq!(e.kind, StoreErrorKind::Conflict);
+    let (held, rev) = store.lease("contested").await.unwrap().unwrap();
+    assert_eq!(held.worker_id, "winner");
+    // At its own revision the holder releases it.
+    store.release_lease_at("contested", rev).await.unwrap();
+    assert!(store.lease("contested").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_duplicate_admission_finds_the_job_and_leaves_one_index_entry() {
+    let server = NatsServer::start().unwrap();
+    let (_js, store) = setup(&server).await;
+    assert!(matches!(
+        store.admit(job("dup", "q")).await.unwrap(),
+        Admission::New(..)
+    ));
+    assert!(matches!(
+        store.admit(job("dup", "q")).await.unwrap(),
+        Admission::Existing(..)
+    ));
+    store
+        .transition("dup", &Transition::Cancel { reason: "x".into() })
+        .await
+        .unwrap();
+    // A late duplicate of a finished job: found, and its `active` entry taken back.
+    let again = store.admit(job("dup", "q")).await.unwrap();
+    assert!(matches!(again, Admission::Existing(..)));
+    assert_eq!(again.record().status, JobStatus::Cancelled);
+    let counts = store.counts("q").await.unwrap();
+    assert_eq!(counts.get("active"), None, "{counts:?}");
+    assert_eq!(counts.get("cancelled"), Some(&1));
+}

@@ -22,12 +22,14 @@
 //!
 //! Modules: [`oci`] ([`OciRunner`], [`OciConfig`], `probe`), [`process`]
 //! ([`ProcessRunner`]), [`null`], [`image`] (the local image store and its built-in `host`
-//! and `busybox` images), [`ports`] (host ports allocated atomically across processes),
+//! and `busybox` images), [`checkout`] (`spec.checkout`: the repository cloned on the host
+//! into the task's work dir), [`ports`] (host ports allocated atomically across processes),
 //! [`logs`] (constant-time `tail`, async `follow`). The real runners share a detached
 //! shell shim and a per-task directory `<data_dir>/tasks/<token>/` (pid, exit code, logs,
 //! scratch dir) so a task outlives the process that launched it and a new runner finds it
 //! with `list`. See `docs/runner.md`.
 
+pub mod checkout;
 #[cfg(feature = "ecs")]
 pub mod ecs;
 pub mod image;
@@ -39,6 +41,7 @@ pub mod ports;
 pub mod process;
 mod task;
 
+pub use checkout::CheckoutConfig;
 pub use oci::{OciConfig, OciRunner};
 pub use ports::{PortAllocator, PortRange};
 pub use process::ProcessRunner;

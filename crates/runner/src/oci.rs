@@ -20,7 +20,11 @@
 //!   (never the host's; the host's loopback is not reachable; see [`crate::net`]);
 //! - read-only rootfs; writable `/work` and `/tmp`, both tmpfs with a size limit
 //!   ([`OciConfig::work_size_mb`], [`OciConfig::tmp_size_mb`]) so a task cannot fill the
-//!   host's disk;
+//!   host's disk (with `spec.checkout`, `/work` is a host tmpfs of the same size the
+//!   runner cloned the repository into: [`crate::checkout`]);
+//! - the result (`$JETRUN_RESULT` = `/dev/.jetrun/out/result.json`) goes to a 32 KiB host
+//!   tmpfs bound rw into the container, read (at most 16 KiB + 1, no symlinks) after the
+//!   task ended and kept on `remove`;
 //! - `noNewPrivileges`, every capability dropped, runc's default masked and read-only
 //!   `/proc` paths, device access limited to runc's defaults (null, zero, random, tty...);
 //! - rlimits: `RLIMIT_NOFILE` ([`OciConfig::nofile`]) and `RLIMIT_CORE` 0;
@@ -52,6 +56,8 @@ const KILL_WAIT: Duration = Duration::from_secs(10);
 const IN_INIT: &str = "/dev/.jetrun/init";
 const IN_SH: &str = "/dev/.jetrun/sh";
 const IN_STATUS: &str = "/dev/.jetrun/status";
+/// The task's result tmpfs inside the container; `$JETRUN_RESULT` is `result.json` in it.
+const IN_OUT: &str = "/dev/.jetrun/out";
 
 /// The in-container wrapper (busybox `sh`): `$1` is the command, the rest its arguments.
 /// It resolves the command on `PATH` itself, because busybox would otherwise run its own
@@ -106,6 +112,8 @@ pub struct OciConfig {
     /// A **static** busybox whose `sh` runs the command and records its status inside the
     /// container (default `/bin/busybox`, Debian package `busybox-static`). Required.
     pub busybox: PathBuf,
+    /// How `spec.checkout` repositories are cloned (default: see [`crate::CheckoutConfig`]).
+    pub checkout: crate::CheckoutConfig,
 }
 
 impl Default for OciConfig {
@@ -122,6 +130,7 @@ impl Default for OciConfig {
             user: (0, 0),
             init: PathBuf::from("/usr/bin/tini-static"),
             busybox: PathBuf::from(crate::image::BUSYBOX_BIN),
+            checkout: crate::CheckoutConfig::default(),
         }
     }
 }
@@ -317,6 +326,10 @@ impl OciRunner {
             .or_insert_with(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
         env.insert("HOME".into(), "/work".into());
         env.extend(task_env(req, ports));
+        env.insert(
+            jetrun_core::result::RESULT_ENV.into(),
+            format!("{IN_OUT}/{}", crate::task::RESULT_FILE),
+        );
         let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
 
         let mut mounts = vec![
@@ -327,17 +340,24 @@ impl OciRunner {
             json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
             json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
             json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777", format!("size={}m", inner.config.tmp_size_mb)]}),
+        ];
+        if req.spec.checkout.is_some() {
+            // The host tmpfs the runner cloned the repository into (see `launch`): the
+            // same size bound as the plain one below.
+            mounts.push(json!({"destination": "/work", "type": "bind", "source": task_dir.join("work"), "options": ["bind", "rw", "nosuid", "nodev"]}));
+        } else {
             // A tmpfs, not a bind of a host directory: its size is bounded, so a task
             // cannot fill the host's disk (its pages count against the task's memory
             // cgroup too). Owned by the task's user so it can write there.
-            json!({"destination": "/work", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=0755", format!("uid={uid}"), format!("gid={gid}"), format!("size={}m", inner.config.work_size_mb)]}),
-        ];
+            mounts.push(json!({"destination": "/work", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=0755", format!("uid={uid}"), format!("gid={gid}"), format!("size={}m", inner.config.work_size_mb)]}));
+        }
         for b in &img.config.binds {
             mounts.push(json!({"destination": b.destination, "type": "bind", "source": b.source, "options": ["rbind", "ro", "nosuid", "nodev"]}));
         }
         mounts.push(json!({"destination": IN_INIT, "type": "bind", "source": inner.init, "options": ["bind", "ro", "nosuid", "nodev"]}));
         mounts.push(json!({"destination": IN_SH, "type": "bind", "source": inner.busybox, "options": ["bind", "ro", "nosuid", "nodev"]}));
         mounts.push(json!({"destination": IN_STATUS, "type": "bind", "source": task_dir.join(crate::task::STATUS_DIR), "options": ["bind", "rw", "nosuid", "nodev", "noexec"]}));
+        mounts.push(json!({"destination": IN_OUT, "type": "bind", "source": task_dir.join(crate::task::OUT_DIR), "options": ["bind", "rw", "nosuid", "nodev", "noexec"]}));
         let mut namespaces = vec![
             json!({"type": "pid"}),
             json!({"type": "ipc"}),
@@ -564,6 +584,11 @@ impl Runner for OciRunner {
             }
             let (uid, gid) = inner.config.user;
             inner.tasks.mount_status(&token, uid, gid)?;
+            inner.tasks.mount_out(&token, uid, gid)?;
+            if let Some(c) = &req.spec.checkout {
+                let work = inner.tasks.mount_work(&token, inner.config.work_size_mb, uid, gid)?;
+                crate::checkout::clone_into(&inner.config.checkout, c, &work, Some((uid, gid))).await?;
+            }
             inner.tasks.write_meta(&TaskMeta {
                 task_ref: token.clone(),
                 job_id: req.job_id.clone(),
@@ -657,8 +682,10 @@ impl Runner for OciRunner {
         let d = tasks.path(task_ref)?;
         // slirp4netns and the namespace mount, also for tasks a previous process started.
         TaskNet::new(&d).teardown();
-        // Keeps the command's status, then unmounts its tmpfs.
+        // Keeps the command's status and result, then unmounts their tmpfs.
         tasks.unmount_status(task_ref);
+        tasks.unmount_out(task_ref);
+        tasks.unmount_work(task_ref);
         for sub in ["bundle", "work"] {
             let p = d.join(sub);
             if p.exists() {
@@ -672,5 +699,9 @@ impl Runner for OciRunner {
 
     fn log_paths(&self, task_ref: &str) -> Option<(PathBuf, PathBuf)> {
         self.inner.tasks.log_paths(task_ref)
+    }
+
+    async fn result(&self, task_ref: &str) -> Result<Option<Vec<u8>>, RunnerError> {
+        self.inner.tasks.result(task_ref)
     }
 }

@@ -33,6 +33,7 @@ fn command_runs(tasks: &Tasks, task_ref: &str) -> bool {
 pub struct ProcessRunner {
     tasks: Arc<Tasks>,
     ports: PortAllocator,
+    checkout: crate::CheckoutConfig,
 }
 
 impl ProcessRunner {
@@ -57,7 +58,17 @@ impl ProcessRunner {
         if freed > 0 {
             tracing::info!(freed, "released stale port locks");
         }
-        Ok(Self { tasks, ports })
+        Ok(Self {
+            tasks,
+            ports,
+            checkout: crate::CheckoutConfig::default(),
+        })
+    }
+
+    /// The same runner with another checkout configuration.
+    pub fn with_checkout(mut self, checkout: crate::CheckoutConfig) -> Self {
+        self.checkout = checkout;
+        self
     }
 
     /// The directory holding the task directories.
@@ -103,7 +114,7 @@ impl Runner for ProcessRunner {
         if !self.tasks.create(&token)? {
             return Ok(token);
         }
-        let result = (|| {
+        let result = async {
             let ports = self.ports.allocate(&token, &req.spec.ports)?;
             let meta = TaskMeta {
                 task_ref: token.clone(),
@@ -119,16 +130,29 @@ impl Runner for ProcessRunner {
                 e
             };
             self.tasks.write_meta(&meta).map_err(release)?;
-            let work = self.tasks.path(&token)?.join("work");
+            let dir = self.tasks.path(&token)?;
+            let work = dir.join("work");
+            if let Some(c) = &req.spec.checkout {
+                crate::checkout::clone_into(&self.checkout, c, &work, None)
+                    .await
+                    .map_err(release)?;
+            }
+            let out = dir.join(crate::task::OUT_DIR);
+            std::fs::create_dir_all(&out).map_err(|e| release(crate::task::io_err("create", &out, e)))?;
             let mut env = BTreeMap::from([
                 ("PATH".to_string(), HOST_PATH.to_string()),
                 ("HOME".to_string(), work.display().to_string()),
             ]);
             env.extend(task_env(req, &ports));
+            env.insert(
+                jetrun_core::result::RESULT_ENV.into(),
+                out.join(crate::task::RESULT_FILE).display().to_string(),
+            );
             self.tasks
                 .spawn_shim(&token, &req.spec.command, &env, &work)
                 .map_err(release)
-        })();
+        }
+        .await;
         match result {
             Ok(pid) => {
                 tracing::debug!(task_ref = %token, pid, "process task launched");
@@ -199,5 +223,9 @@ impl Runner for ProcessRunner {
 
     fn log_paths(&self, task_ref: &str) -> Option<(PathBuf, PathBuf)> {
         self.tasks.log_paths(task_ref)
+    }
+
+    async fn result(&self, task_ref: &str) -> Result<Option<Vec<u8>>, RunnerError> {
+        self.tasks.result(task_ref)
     }
 }

@@ -12,8 +12,15 @@
 //!   wins over the shim's: it survives the death of the shim and of `runc run`;
 //! - `stop_requested`: present once `stop` was called;
 //! - `removed`: present once `remove` was called (the logs stay, `list` skips the task);
+//! - `out/` (OCI): a second tiny tmpfs, bind-mounted rw at `/dev/.jetrun/out` in the
+//!   container, where the task writes its result (`$JETRUN_RESULT`, `out/result.json`);
+//!   its own mount, so a task filling it cannot keep the wrapper from recording the
+//!   status. On `remove` at most `MAX_RESULT_BYTES + 1` bytes of it are kept as
+//!   `result.json` and the tmpfs is unmounted; process tasks write `out/result.json` in a
+//!   plain directory;
 //! - `stdout.log`, `stderr.log`: the task's output;
-//! - `work/`: the task's scratch directory (deleted by `remove`).
+//! - `work/`: the task's scratch directory (deleted by `remove`); for an OCI task with a
+//!   `checkout`, a host tmpfs of the scratch size holding the clone, bound at `/work`.
 //!
 //! The shim is `sh -c 'trap : TERM INT; "$@"; echo $? > exit_code'` started in its own
 //! process group, so the task survives the death of the process that launched it and its
@@ -43,6 +50,16 @@ pub(crate) const STATUS_DIR: &str = "status";
 
 /// Size of the status tmpfs: one small file, so a task cannot fill anything through it.
 const STATUS_TMPFS: &str = "size=16k,nr_inodes=8";
+
+/// The per-task result directory (a tmpfs for OCI tasks) and the file in it.
+pub(crate) const OUT_DIR: &str = "out";
+pub(crate) const RESULT_FILE: &str = "result.json";
+/// The result as kept once the task was removed.
+const KEPT_RESULT: &str = "result.json";
+
+/// Size of the result tmpfs: room for one result just past the limit (so an oversized
+/// one is seen as such, not cut to a valid-looking prefix), and nothing more.
+const OUT_TMPFS: &str = "size=32k,nr_inodes=8";
 
 /// How long a task directory may lack a pid file before it counts as a launch that died
 /// half-way (the launching process crashed between creating the dir and spawning).
@@ -159,6 +176,8 @@ impl Tasks {
     pub fn discard(&self, token: &str) {
         // Never remove_dir_all across a mount.
         self.unmount_status(token);
+        self.unmount_out(token);
+        self.unmount_work(token);
         if let Ok(p) = self.path(token) {
             let _ = std::fs::remove_dir_all(p);
         }
@@ -321,6 +340,72 @@ impl Tasks {
             return;
         }
         let _ = std::fs::remove_dir_all(&p);
+    }
+
+    /// Mounts the task's result tmpfs at `<task>/out`, writable by `uid:gid`. A tmpfs for
+    /// the same reason as the status one: the task must not fill the host's disk, and the
+    /// host must still read the file once the container is gone.
+    pub fn mount_out(&self, task_ref: &str, uid: u32, gid: u32) -> Result<PathBuf, RunnerError> {
+        let p = self.path(task_ref)?.join(OUT_DIR);
+        std::fs::create_dir_all(&p).map_err(|e| io_err("create", &p, e))?;
+        mount_tmpfs(&p, &format!("{OUT_TMPFS},mode=0700,uid={uid},gid={gid}"), true)?;
+        Ok(p)
+    }
+
+    /// Mounts a tmpfs of `size_mb` at `<task>/work` owned by `uid:gid`: the OCI task's
+    /// `/work` when the runner clones a repository into it first.
+    pub fn mount_work(
+        &self,
+        task_ref: &str,
+        size_mb: u64,
+        uid: u32,
+        gid: u32,
+    ) -> Result<PathBuf, RunnerError> {
+        let p = self.path(task_ref)?.join("work");
+        std::fs::create_dir_all(&p).map_err(|e| io_err("create", &p, e))?;
+        mount_tmpfs(
+            &p,
+            &format!("size={size_mb}m,mode=0755,uid={uid},gid={gid}"),
+            false,
+        )?;
+        Ok(p)
+    }
+
+    /// Unmounts the work tmpfs (if any). Idempotent.
+    pub fn unmount_work(&self, task_ref: &str) {
+        if let Ok(d) = self.path(task_ref) {
+            unmount(&d.join("work"));
+        }
+    }
+
+    /// Keeps at most `MAX_RESULT_BYTES + 1` bytes of the task's result as `result.json`
+    /// and unmounts the result tmpfs. Idempotent; also for tasks a previous process
+    /// started.
+    pub fn unmount_out(&self, task_ref: &str) {
+        let Ok(d) = self.path(task_ref) else { return };
+        let p = d.join(OUT_DIR);
+        if !p.exists() {
+            return;
+        }
+        let kept = d.join(KEPT_RESULT);
+        if !kept.exists()
+            && let Ok(Some(b)) = read_bounded(&p.join(RESULT_FILE))
+            && let Err(e) = write_atomic(&kept, &b)
+        {
+            tracing::warn!(task_ref, error = %e, "result not kept");
+        }
+        if unmount(&p) {
+            let _ = std::fs::remove_dir_all(&p);
+        }
+    }
+
+    /// The raw result the task left: the live file, else the one kept at `remove`.
+    pub fn result(&self, task_ref: &str) -> Result<Option<Vec<u8>>, RunnerError> {
+        let d = self.path(task_ref)?;
+        if let Some(b) = read_bounded(&d.join(OUT_DIR).join(RESULT_FILE))? {
+            return Ok(Some(b));
+        }
+        read_bounded(&d.join(KEPT_RESULT))
     }
 
     pub fn mark(&self, task_ref: &str, name: &str) {
@@ -490,6 +575,67 @@ pub(crate) fn parse_exit(s: &str) -> Option<TaskStatus> {
     } else {
         TaskStatus::Exited { exit_code: code }
     })
+}
+
+/// Mounts a tmpfs at `p` (`noexec` if asked).
+fn mount_tmpfs(p: &Path, opts: &str, noexec: bool) -> Result<(), RunnerError> {
+    use nix::mount::MsFlags;
+    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if noexec {
+        flags |= MsFlags::MS_NOEXEC;
+    }
+    nix::mount::mount(Some("tmpfs"), p, Some("tmpfs"), flags, Some(opts))
+        .map_err(|e| runtime(format!("mount a tmpfs on {}: {e}", p.display())))
+}
+
+/// Detaches whatever is mounted at `p`; `true` if nothing is mounted there any more.
+fn unmount(p: &Path) -> bool {
+    match nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH) {
+        Ok(()) => true,
+        // EINVAL: not a mount point; ENOENT: no such dir.
+        Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => true,
+        Err(e) => {
+            tracing::warn!(path = %p.display(), error = %e, "tmpfs not unmounted");
+            false
+        }
+    }
+}
+
+/// Reads at most `MAX_RESULT_BYTES + 1` bytes of a file the task wrote. The task chose
+/// what is at that path: a symlink is not followed (it could point at any host file), a
+/// FIFO is not waited on, and only a regular file is read. `None`: no file.
+pub(crate) fn read_bounded(p: &Path) -> Result<Option<Vec<u8>>, RunnerError> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let flags = nix::fcntl::OFlag::O_NOFOLLOW | nix::fcntl::OFlag::O_NONBLOCK;
+    let f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits())
+        .open(p)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        // ELOOP: a symlink. Refused as a result rather than followed.
+        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) => {
+            return Err(RunnerError::new(
+                RunnerErrorKind::InvalidSpec,
+                "the result ($JETRUN_RESULT) is a symbolic link: refused",
+            ));
+        }
+        Err(e) => return Err(io_err("open", p, e)),
+    };
+    let meta = f.metadata().map_err(|e| io_err("stat", p, e))?;
+    if !meta.is_file() {
+        return Err(RunnerError::new(
+            RunnerErrorKind::InvalidSpec,
+            "the result ($JETRUN_RESULT) is not a regular file: refused",
+        ));
+    }
+    let mut buf = Vec::new();
+    f.take(jetrun_core::result::MAX_RESULT_BYTES as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| io_err("read", p, e))?;
+    Ok(Some(buf))
 }
 
 pub(crate) fn write_atomic(path: &Path, body: &[u8]) -> Result<(), RunnerError> {

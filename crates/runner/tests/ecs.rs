@@ -474,3 +474,315 @@ async fn a_shared_kv_bucket_paces_all_workers_together() {
     assert!(total < Duration::from_secs(3), "{total:?}");
     assert_paced(&at, 5.0, 20.0);
 }
+
+/// A CloudWatch Logs client for `url` (moto serves every service on one port).
+fn logs_client(url: &str) -> aws_sdk_cloudwatchlogs::Client {
+    let conf = aws_sdk_cloudwatchlogs::Config::builder()
+        .behavior_version(aws_sdk_cloudwatchlogs::config::BehaviorVersion::latest())
+        .region(aws_sdk_cloudwatchlogs::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_cloudwatchlogs::config::Credentials::new(
+            "testing", "testing", None, None, "test",
+        ))
+        .endpoint_url(url)
+        .retry_config(aws_sdk_cloudwatchlogs::config::retry::RetryConfig::disabled())
+        .build();
+    aws_sdk_cloudwatchlogs::Client::from_conf(conf)
+}
+
+/// Registers the task definition `logged-job` whose container `job` logs with the
+/// `awslogs` driver to group `group`, stream prefix `prefix` (as a Fargate task
+/// definition must).
+async fn register_logged(c: &aws_sdk_ecs::Client, group: &str, prefix: &str) {
+    c.register_task_definition()
+        .family("logged-job")
+        .container_definitions(
+            aws_sdk_ecs::types::ContainerDefinition::builder()
+                .name("job")
+                .image("public.ecr.aws/docker/library/busybox:latest")
+                .memory(512)
+                .log_configuration(
+                    aws_sdk_ecs::types::LogConfiguration::builder()
+                        .log_driver(aws_sdk_ecs::types::LogDriver::Awslogs)
+                        .options("awslogs-group", group)
+                        .options("awslogs-region", "us-east-1")
+                        .options("awslogs-stream-prefix", prefix)
+                        .build()
+                        .unwrap(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+}
+
+/// Writes `lines` as log events (one each, in order, timestamped now) to
+/// `group`/`stream`, creating both as needed: what the awslogs driver does.
+async fn put_logs(c: &aws_sdk_cloudwatchlogs::Client, group: &str, stream: &str, lines: &[&str]) {
+    let _ = c.create_log_group().log_group_name(group).send().await;
+    let _ = c
+        .create_log_stream()
+        .log_group_name(group)
+        .log_stream_name(stream)
+        .send()
+        .await;
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut put = c.put_log_events().log_group_name(group).log_stream_name(stream);
+    for (i, l) in lines.iter().enumerate() {
+        put = put.log_events(
+            aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
+                .timestamp(now + i as i64)
+                .message(*l)
+                .build()
+                .unwrap(),
+        );
+    }
+    put.send().await.unwrap();
+}
+
+#[tokio::test]
+async fn logs_and_the_result_come_from_the_tasks_cloudwatch_log_stream() {
+    let (m, p) = moto_with_cluster().await;
+    let ecs = moto::client(&p.url);
+    register_logged(&ecs, "/jetrun/jobs", "jetrun").await;
+    let logs = logs_client(&m.url);
+    let c = EcsConfig {
+        task_definition: Some("logged-job".into()),
+        ..cfg(&p.url)
+    };
+    let r = runner(&p.url, c).with_logs(logs.clone());
+    let arn = r.launch(&job("logged", 1)).await.unwrap();
+    let task_id = arn.rsplit('/').next().unwrap();
+
+    // Nothing written yet: an empty tail, no result.
+    assert_eq!(r.log_tail(&arn, 10).await.unwrap(), Some((vec![], vec![])));
+    assert_eq!(r.result(&arn).await.unwrap(), None);
+
+    // The awslogs driver's stream: <prefix>/<container>/<task id>.
+    let stream = format!("jetrun/job/{task_id}");
+    put_logs(
+        &logs,
+        "/jetrun/jobs",
+        &stream,
+        &[
+            "starting",
+            "jetrun-result: {\"first_bad\":\"old\"}",
+            "bisecting\nstep 7",
+            "jetrun-result: {\"first_bad\":\"abc123\"}",
+            "done",
+        ],
+    )
+    .await;
+    let (out, err) = r.log_tail(&arn, 3).await.unwrap().unwrap();
+    assert_eq!(
+        out,
+        ["step 7", "jetrun-result: {\"first_bad\":\"abc123\"}", "done"]
+    );
+    assert!(err.is_empty(), "awslogs merges stderr into the one stream");
+    let (all, _) = r.log_tail(&arn, 100).await.unwrap().unwrap();
+    assert_eq!(all.len(), 6);
+    let result = r.result(&arn).await.unwrap().unwrap();
+    let parsed = jetrun_core::result::parse(&result).unwrap();
+    assert_eq!(parsed["first_bad"], "abc123", "the last marker line wins");
+    assert_eq!(
+        p.seen("DescribeTaskDefinition").len(),
+        1,
+        "task definition read once"
+    );
+
+    // Group and prefix from the configuration, for a task definition without awslogs.
+    let c = EcsConfig {
+        logs: jetrun_runner::ecs::LogsConfig {
+            group: Some("/jetrun/other".into()),
+            stream_prefix: Some("p".into()),
+        },
+        ..cfg(&p.url)
+    };
+    let r2 = runner(&p.url, c).with_logs(logs.clone());
+    let arn2 = r2.launch(&job("configured", 1)).await.unwrap();
+    let id2 = arn2.rsplit('/').next().unwrap();
+    put_logs(&logs, "/jetrun/other", &format!("p/job/{id2}"), &["only line"]).await;
+    assert_eq!(
+        r2.log_tail(&arn2, 5).await.unwrap(),
+        Some((vec!["only line".to_string()], vec![]))
+    );
+    assert_eq!(r2.result(&arn2).await.unwrap(), None);
+    // Without awslogs in the task definition nor a configuration, there are no logs.
+    let r3 = runner(&p.url, cfg(&p.url)).with_logs(logs);
+    assert_eq!(r3.log_tail(&arn2, 5).await.unwrap(), None);
+}
+
+/// nats-server with the shipped `infra/nats` configuration (least-privilege users,
+/// passwords filled in). Returns the server and its URL.
+fn shipped_nats(dir: &std::path::Path) -> (jetrun_harness::ServerProcess, String) {
+    let infra = concat!(env!("CARGO_MANIFEST_DIR"), "/../../infra/nats");
+    let conf = std::fs::read_to_string(format!("{infra}/jetrun.conf"))
+        .unwrap()
+        .replace("http: 127.0.0.1:8222", "")
+        .replace("store_dir: /var/lib/jetrun/jetstream", "");
+    let mut accounts = std::fs::read_to_string(format!("{infra}/accounts.conf")).unwrap();
+    for u in [
+        "INGEST",
+        "ROUTE",
+        "WORKER",
+        "AUTOSCALE",
+        "BRIDGE",
+        "GITHUB",
+        "OPERATOR",
+    ] {
+        accounts = accounts.replace(&format!("$JETRUN_{u}_PASSWORD"), &format!("\"pw-{u}\""));
+    }
+    std::fs::write(dir.join("accounts.conf"), accounts).unwrap();
+    let conf_path = dir.join("jetrun.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let server = jetrun_harness::ServerProcess::spawn(jetrun_harness::ServerOptions {
+        addr: std::net::SocketAddr::from(([127, 0, 0, 1], jetrun_harness::free_port().unwrap())),
+        store_dir: dir.join("js"),
+        name: "pacer-perm".into(),
+        cluster: None,
+        log_file: dir.join("nats.log"),
+        extra_args: vec!["-c".into(), conf_path.display().to_string()],
+    })
+    .unwrap();
+    let url = server.url();
+    (server, url)
+}
+
+async fn js_as(url: &str, user: &str) -> async_nats::jetstream::Context {
+    let client = async_nats::ConnectOptions::new()
+        .user_and_password(user.into(), format!("pw-{}", user.to_uppercase()))
+        .request_timeout(Some(Duration::from_secs(1)))
+        .connect(url)
+        .await
+        .unwrap();
+    // A denied JetStream request is never answered: fail it fast.
+    async_nats::jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(1))
+        .build(client)
+}
+
+#[tokio::test]
+async fn init_creates_the_pacer_bucket_and_the_least_privilege_worker_only_uses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, url) = shipped_nats(dir.path());
+    let bucket = jetrun_runner::ecs::shared_bucket_name("jetrun");
+    assert_eq!(bucket, "jetrun-ecs-pacer");
+    let cfg = PacerConfig {
+        capacity: 3,
+        refill_per_second: 20.0,
+        shared_bucket: Some(bucket.clone()),
+    };
+    let worker = js_as(&url, "worker").await;
+
+    // Before `jetrun init`, the worker may not create it, and says what to do.
+    let e = KvTokenBucket::open(&worker, &bucket, "ecs-launch.jetrun", &cfg)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("jetrun init"), "{e}");
+
+    // What `jetrun init` does as the operator; a second run changes nothing.
+    let operator = js_as(&url, "operator").await;
+    assert!(
+        jetrun_runner::ecs::ensure_bucket(&operator, &bucket, 1)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !jetrun_runner::ecs::ensure_bucket(&operator, &bucket, 1)
+            .await
+            .unwrap()
+    );
+    let kv = operator.get_key_value(&bucket).await.unwrap();
+    assert_eq!(kv.status().await.unwrap().history(), 1);
+
+    // The worker paces through it: 3 free tokens, the 4th after 50 ms.
+    let p = KvTokenBucket::open(&worker, &bucket, "ecs-launch.jetrun", &cfg)
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    for _ in 0..4 {
+        p.acquire().await.unwrap();
+    }
+    assert!(t0.elapsed() >= Duration::from_millis(45), "{:?}", t0.elapsed());
+    let v = kv
+        .get("ecs-launch.jetrun")
+        .await
+        .unwrap()
+        .expect("the shared balance");
+    let v: serde_json::Value = serde_json::from_slice(&v).unwrap();
+    assert!(v["tokens"].as_f64().unwrap() < 1.0, "{v}");
+
+    // But it can create no bucket or stream of its own.
+    assert!(
+        jetrun_runner::ecs::ensure_bucket(&worker, "jetrun-other", 1)
+            .await
+            .is_err()
+    );
+    assert!(
+        worker
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: "EVIL".into(),
+                subjects: vec!["evil.>".into()],
+                ..Default::default()
+            })
+            .await
+            .is_err()
+    );
+    assert!(operator.get_stream("EVIL").await.is_err(), "no stream was made");
+}
+
+#[tokio::test]
+async fn every_waiting_task_is_polled_in_one_describe_tasks_per_interval() {
+    let (_moto, p) = moto_with_cluster().await;
+    let c = EcsConfig {
+        poll_interval: Duration::from_millis(200),
+        ..cfg(&p.url)
+    };
+    let r = Arc::new(runner(&p.url, c));
+    let mut arns = Vec::new();
+    for i in 0..8 {
+        arns.push(r.launch(&job(&format!("w-{i}"), 1)).await.unwrap());
+    }
+    let before = p.seen("DescribeTasks").len();
+    let t0 = Instant::now();
+    let mut waits = Vec::new();
+    for a in &arns {
+        let (r, a) = (r.clone(), a.clone());
+        waits.push(tokio::spawn(async move { r.wait(&a).await }));
+    }
+    // A few rounds with all eight running.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let seen = p.seen("DescribeTasks");
+    let polls: Vec<_> = seen[before..].iter().collect();
+    let rounds = t0.elapsed().as_millis() / 200;
+    assert!(!polls.is_empty(), "the waits poll");
+    assert!(
+        polls.len() as u128 <= rounds + 1,
+        "{} DescribeTasks for 8 tasks in {rounds} rounds",
+        polls.len()
+    );
+    assert!(
+        polls
+            .iter()
+            .all(|s| s.body["tasks"].as_array().unwrap().len() == 8),
+        "each call asks for all eight"
+    );
+    // The tasks end; every wait sees its own end.
+    for a in &arns {
+        moto::client(&p.url)
+            .stop_task()
+            .cluster("jobs")
+            .task(a)
+            .reason("Essential container in task exited")
+            .send()
+            .await
+            .unwrap();
+    }
+    for w in waits {
+        let st = tokio::time::timeout(Duration::from_secs(5), w)
+            .await
+            .expect("wait ends")
+            .unwrap();
+        assert!(matches!(st, Ok(TaskStatus::Exited { .. })), "{st:?}");
+    }
+}

@@ -484,3 +484,209 @@ async fn runs_as_configured_user_without_capabilities() {
     assert_eq!(s, TaskStatus::Exited { exit_code: 0 });
     assert!(out.trim().ends_with("0000000000000000"), "{out}");
 }
+
+/// A local repository with three commits on `main`, tagged `v1` (first) and `v2` (last);
+/// returns its path and the commit ids, oldest first.
+fn local_repo(dir: &Path) -> (std::path::PathBuf, Vec<String>) {
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let git = |args: &[&str]| {
+        let o = std::process::Command::new("git")
+            .args(args)
+            .current_dir(&repo)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    git(&["init", "-q", "-b", "main"]);
+    let mut ids = Vec::new();
+    for i in 1..=3 {
+        std::fs::write(repo.join("n.txt"), format!("{i}\n")).unwrap();
+        git(&["add", "n.txt"]);
+        git(&["commit", "-q", "-m", &format!("c{i}")]);
+        ids.push(git(&["rev-parse", "HEAD"]));
+    }
+    git(&["tag", "v1", &ids[0]]);
+    git(&["tag", "v2", &ids[2]]);
+    (repo, ids)
+}
+
+fn checkout(repo: &Path, git_ref: &str) -> jetrun_core::job::Checkout {
+    jetrun_core::job::Checkout {
+        repo: repo.display().to_string(),
+        git_ref: git_ref.into(),
+        depth: None,
+        token_env: None,
+    }
+}
+
+#[tokio::test]
+async fn a_result_written_to_jetrun_result_is_read_back_after_the_container_ended() {
+    if !oci_here() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let r = runner(d.path());
+    let q = req(
+        "res",
+        "busybox",
+        r#"printf '{"first_bad":"abc123","n":2}' > "$JETRUN_RESULT"; echo "$JETRUN_RESULT""#,
+    );
+    let (s, out, _) = run(&r, &q).await;
+    assert_eq!(s, TaskStatus::Exited { exit_code: 0 });
+    assert_eq!(out.trim(), "/dev/.jetrun/out/result.json");
+    let raw = r.result(&q.token).await.unwrap().expect("a result");
+    let m = jetrun_core::result::parse(&raw).unwrap();
+    assert_eq!(m["first_bad"], "abc123");
+    // Still there once the task was removed (its tmpfs is gone).
+    r.remove(&q.token).await.unwrap();
+    assert!(!r.tasks_dir().join(&q.token).join("out").exists());
+    let again = r.result(&q.token).await.unwrap().expect("kept at remove");
+    assert_eq!(again, raw);
+
+    // A task that writes none has none.
+    let q = req("nores", "busybox", "true");
+    run(&r, &q).await;
+    assert_eq!(r.result(&q.token).await.unwrap(), None);
+    r.remove(&q.token).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_1_mb_result_is_refused_and_the_host_side_stays_bounded() {
+    if !oci_here() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let r = runner(d.path());
+    // Tries to write 1 MB (and a second file): the result tmpfs takes 32 KiB at most.
+    let q = req(
+        "big",
+        "busybox",
+        r#"head -c 1000000 /dev/zero | tr '\0' a > "$JETRUN_RESULT"; echo "rc=$?";
+           head -c 1000000 /dev/zero > /dev/.jetrun/out/more; du -k /dev/.jetrun/out | tail -1"#,
+    );
+    let (s, out, _) = run(&r, &q).await;
+    assert_eq!(s, TaskStatus::Exited { exit_code: 0 }, "{out}");
+    let kb: u64 = out
+        .lines()
+        .last()
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(u64::MAX);
+    assert!(kb <= 32, "the task's result dir holds {kb} KiB: {out}");
+    let raw = r.result(&q.token).await.unwrap().expect("a result");
+    assert_eq!(
+        raw.len(),
+        jetrun_core::result::MAX_RESULT_BYTES + 1,
+        "read stops past the limit"
+    );
+    let e = jetrun_core::result::parse(&raw).unwrap_err();
+    assert!(
+        matches!(e, jetrun_core::result::ResultError::TooLarge { .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("16384 allowed"), "{e}");
+    r.remove(&q.token).await.unwrap();
+    let kept = std::fs::metadata(r.tasks_dir().join(&q.token).join("result.json")).unwrap();
+    assert_eq!(kept.len(), jetrun_core::result::MAX_RESULT_BYTES as u64 + 1);
+}
+
+#[tokio::test]
+async fn a_symlinked_result_is_not_followed_to_a_host_file() {
+    if !oci_here() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let r = runner(d.path());
+    let q = req("link", "busybox", r#"ln -s /etc/shadow "$JETRUN_RESULT""#);
+    let (s, _, _) = run(&r, &q).await;
+    assert_eq!(s, TaskStatus::Exited { exit_code: 0 });
+    let e = r.result(&q.token).await.unwrap_err();
+    assert!(e.message.contains("symbolic link"), "{e}");
+    r.remove(&q.token).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_checkout_is_cloned_into_work_without_network() {
+    if !oci_here() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let (repo, ids) = local_repo(d.path());
+    let r = OciRunner::new(OciConfig {
+        data_dir: d.path().join("data"),
+        checkout: jetrun_runner::CheckoutConfig {
+            local_roots: vec![d.path().to_path_buf()],
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .unwrap();
+    // The host image has git (it binds the host's /usr); the job has no network.
+    let mut q = req(
+        "co",
+        "host",
+        "pwd; cat n.txt; git log --format=%H | wc -l; git rev-parse HEAD; git tag | tr '\\n' ' '; echo; \
+         grep -c extraHeader .git/config; echo x > new.txt && echo writable",
+    );
+    q.spec.checkout = Some(checkout(&repo, "v1"));
+    let (s, out, err) = run(&r, &q).await;
+    assert_eq!(s, TaskStatus::Exited { exit_code: 0 }, "{out} {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "/work");
+    assert_eq!(lines[1], "1", "v1 checked out: {out}");
+    assert_eq!(lines[2], "1", "history up to v1: {out}");
+    assert_eq!(lines[3], ids[0]);
+    assert_eq!(lines[4].trim(), "v1 v2", "tags come along: {out}");
+    assert_eq!(lines[5], "0", "no credentials in the repo config");
+    assert_eq!(lines[6], "writable");
+    r.remove(&q.token).await.unwrap();
+    assert!(!r.tasks_dir().join(&q.token).join("work").exists());
+
+    // A commit id and a branch name work too.
+    for (i, git_ref) in [(2usize, ids[1].as_str()), (3, "main")] {
+        let mut q = req(&format!("co{i}"), "host", "cat n.txt");
+        q.spec.checkout = Some(checkout(&repo, git_ref));
+        let (s, out, err) = run(&r, &q).await;
+        r.remove(&q.token).await.unwrap();
+        assert_eq!(
+            (s, out.trim()),
+            (TaskStatus::Exited { exit_code: 0 }, i.to_string().as_str()),
+            "{err}"
+        );
+    }
+    // Shallow.
+    let mut q = req("shallow", "host", "git log --format=%H | wc -l; cat n.txt");
+    let mut c = checkout(&repo, "main");
+    c.depth = Some(1);
+    q.spec.checkout = Some(c);
+    let (s, out, err) = run(&r, &q).await;
+    r.remove(&q.token).await.unwrap();
+    assert_eq!(s, TaskStatus::Exited { exit_code: 0 }, "{err}");
+    assert_eq!(out.split_whitespace().collect::<Vec<_>>(), ["1", "3"]);
+
+    // A missing ref fails the launch as a bad spec; so does a path outside local_roots.
+    let mut q = req("noref", "host", "true");
+    q.spec.checkout = Some(checkout(&repo, "nope"));
+    let e = r.launch(&q).await.unwrap_err();
+    assert_eq!(e.kind, RunnerErrorKind::InvalidSpec, "{e}");
+    assert!(e.message.contains("nope"), "{e}");
+    assert!(
+        !r.tasks_dir().join(&q.token).exists(),
+        "a failed launch leaves nothing"
+    );
+    let mut q = req("outside", "host", "true");
+    q.spec.checkout = Some(checkout(Path::new("/usr"), "main"));
+    let e = r.launch(&q).await.unwrap_err();
+    assert_eq!(e.kind, RunnerErrorKind::InvalidSpec);
+    assert!(e.message.contains("local_roots"), "{e}");
+}

@@ -190,3 +190,52 @@ async fn stale_port_locks_are_reclaimed_at_start() {
     let t2 = r3.launch(&q2).await.unwrap();
     assert_eq!(r3.wait(&t2).await.unwrap(), TaskStatus::Exited { exit_code: 0 });
 }
+
+#[tokio::test]
+async fn a_process_task_result_and_checkout() {
+    let d = tempfile::tempdir().unwrap();
+    let repo = d.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    let git = |args: &[&str]| {
+        let o = std::process::Command::new("git")
+            .args(args)
+            .current_dir(&repo)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    git(&["init", "-q", "-b", "main"]);
+    std::fs::write(repo.join("a.txt"), "hello\n").unwrap();
+    git(&["add", "a.txt"]);
+    git(&["commit", "-q", "-m", "one"]);
+    let r = ProcessRunner::new(d.path().join("data"))
+        .unwrap()
+        .with_checkout(jetrun_runner::CheckoutConfig {
+            local_roots: vec![d.path().to_path_buf()],
+            ..Default::default()
+        });
+    let mut q = req(
+        "pres",
+        r#"printf '{"text":"%s"}' "$(cat a.txt)" > "$JETRUN_RESULT""#,
+    );
+    q.spec.checkout = Some(jetrun_core::job::Checkout {
+        repo: repo.display().to_string(),
+        git_ref: "main".into(),
+        depth: None,
+        token_env: None,
+    });
+    let t = r.launch(&q).await.unwrap();
+    assert_eq!(r.wait(&t).await.unwrap(), TaskStatus::Exited { exit_code: 0 });
+    let raw = r.result(&t).await.unwrap().expect("a result");
+    assert_eq!(jetrun_core::result::parse(&raw).unwrap()["text"], "hello");
+    r.remove(&t).await.unwrap();
+    assert_eq!(r.result(&t).await.unwrap(), Some(raw));
+    // Without local_roots a local path is refused.
+    let plain = ProcessRunner::new(d.path().join("data2")).unwrap();
+    let e = plain.launch(&q).await.unwrap_err();
+    assert_eq!(e.kind, RunnerErrorKind::InvalidSpec, "{e}");
+}

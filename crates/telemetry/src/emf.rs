@@ -9,6 +9,14 @@
 //! increase of their count and sum, and the job latency histograms also as the raw
 //! observations of the period (up to 100 values, so CloudWatch computes p50/p99).
 //! The values come from the same registry as `/metrics`, rendered and read back.
+//!
+//! A few metrics are also published with fewer dimensions ([`ROLLUPS`]: a second
+//! directive in the same line), so an alarm can watch them without knowing every label
+//! value (every dead letter whatever its origin; failed jobs of every queue; 5xx answers
+//! of every route, through the derived dimension `code_class` = `2xx` … `5xx`).
+//! [`EMITTED`] lists every metric name with the dimension sets it is published under:
+//! the Terraform dashboard and alarms are checked against it, and a test checks it
+//! against what this encoder writes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -20,6 +28,78 @@ use std::time::Duration;
 pub const NAMESPACE: &str = "jetrun";
 /// Most raw values kept per metric and label set per period (EMF allows 100).
 pub const MAX_VALUES: usize = 100;
+
+/// Extra dimension sets some metrics are also published under (besides their labels).
+pub const ROLLUPS: &[(&str, &[&str])] = &[
+    ("jetrun_dead_letters_total", &[]),
+    ("jetrun_jobs_finished_total", &["status"]),
+    ("jetrun_http_requests_total", &["code_class"]),
+    ("jetrun_webhook_deliveries_total", &["outcome"]),
+    ("jetrun_job_queue_wait_seconds", &[]),
+    ("jetrun_job_end_to_end_seconds", &[]),
+    ("jetrun_queue_oldest_pending_age_seconds", &[]),
+];
+
+/// The derived dimension of `jetrun_http_requests_total`: the status class of `code`.
+pub const CODE_CLASS: &str = "code_class";
+
+/// A metric as CloudWatch receives it: its name and each dimension set it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Emitted {
+    /// The metric name.
+    pub name: &'static str,
+    /// Its dimension sets (an empty set: the metric with no dimension).
+    pub dimensions: &'static [&'static [&'static str]],
+}
+
+const fn m(name: &'static str, dimensions: &'static [&'static [&'static str]]) -> Emitted {
+    Emitted { name, dimensions }
+}
+
+/// Every metric the EMF lines carry, with its dimension sets (labels first, then the
+/// [`ROLLUPS`]). Counters keep their `_total` name and are per-period increases;
+/// histograms are `_count` and `_sum`, and the three job latencies also the raw
+/// observations under the histogram's name (for percentiles).
+pub const EMITTED: &[Emitted] = &[
+    m(
+        "jetrun_http_requests_total",
+        &[&["route", "code"], &["code_class"]],
+    ),
+    m("jetrun_http_request_duration_seconds_count", &[&["route"]]),
+    m("jetrun_http_request_duration_seconds_sum", &[&["route"]]),
+    m(
+        "jetrun_webhook_deliveries_total",
+        &[&["event", "outcome"], &["outcome"]],
+    ),
+    m("jetrun_job_transitions_total", &[&["queue", "status"]]),
+    m("jetrun_jobs_finished_total", &[&["queue", "status"], &["status"]]),
+    m("jetrun_job_queue_wait_seconds", &[&["queue"], &[]]),
+    m("jetrun_job_queue_wait_seconds_count", &[&["queue"]]),
+    m("jetrun_job_queue_wait_seconds_sum", &[&["queue"]]),
+    m("jetrun_job_run_duration_seconds", &[&["queue"]]),
+    m("jetrun_job_run_duration_seconds_count", &[&["queue"]]),
+    m("jetrun_job_run_duration_seconds_sum", &[&["queue"]]),
+    m("jetrun_job_end_to_end_seconds", &[&["queue"], &[]]),
+    m("jetrun_job_end_to_end_seconds_count", &[&["queue"]]),
+    m("jetrun_job_end_to_end_seconds_sum", &[&["queue"]]),
+    m("jetrun_launches_total", &[&["queue"]]),
+    m("jetrun_launch_failures_total", &[&["queue", "reason"]]),
+    m("jetrun_dead_letters_total", &[&["origin", "reason"], &[]]),
+    m("jetrun_messages_total", &[&["function", "outcome"]]),
+    m("jetrun_handler_duration_seconds_count", &[&["function"]]),
+    m("jetrun_handler_duration_seconds_sum", &[&["function"]]),
+    m("jetrun_queue_pending", &[&["queue"]]),
+    m("jetrun_queue_ack_pending", &[&["queue"]]),
+    m("jetrun_queue_oldest_pending_age_seconds", &[&["queue"], &[]]),
+    m("jetrun_autoscale_desired_replicas", &[&["service"]]),
+    m("jetrun_autoscale_current_replicas", &[&["service"]]),
+    m("jetrun_nats_connected", &[&[]]),
+];
+
+/// The extra dimension sets of `metric` ([`ROLLUPS`]).
+fn rollups(metric: &str) -> impl Iterator<Item = &'static [&'static str]> + '_ {
+    ROLLUPS.iter().filter(move |(n, _)| *n == metric).map(|(_, d)| *d)
+}
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
@@ -233,23 +313,47 @@ pub fn frame(text: &str, now_ms: u64) -> Vec<String> {
         for chunk in metrics.chunks(MAX_VALUES) {
             let mut obj = serde_json::Map::new();
             let dims: Vec<serde_json::Value> = labels.iter().map(|(k, _)| k.clone().into()).collect();
-            let defs: Vec<serde_json::Value> = chunk
-                .iter()
-                .map(|(n, u, _)| serde_json::json!({"Name": n, "Unit": u}))
-                .collect();
+            let def = |(n, u, _): &Entry| serde_json::json!({"Name": n, "Unit": u});
+            let mut directives = vec![serde_json::json!({
+                "Namespace": NAMESPACE,
+                "Dimensions": [dims],
+                "Metrics": chunk.iter().map(def).collect::<Vec<_>>(),
+            })];
+            // Roll-ups: one more directive per extra dimension set, naming only the
+            // metrics it applies to (CloudWatch aggregates the lines of a period).
+            let mut extra: BTreeMap<&[&str], Vec<serde_json::Value>> = BTreeMap::new();
+            for e in chunk {
+                for d in rollups(&e.0) {
+                    if d.iter()
+                        .all(|k| *k == CODE_CLASS || labels.iter().any(|(l, _)| l == k))
+                    {
+                        extra.entry(d).or_default().push(def(e));
+                    }
+                }
+            }
+            for (d, defs) in extra {
+                directives.push(serde_json::json!({
+                    "Namespace": NAMESPACE,
+                    "Dimensions": [d],
+                    "Metrics": defs,
+                }));
+            }
             obj.insert(
                 "_aws".into(),
                 serde_json::json!({
                     "Timestamp": now_ms,
-                    "CloudWatchMetrics": [{
-                        "Namespace": NAMESPACE,
-                        "Dimensions": [dims],
-                        "Metrics": defs,
-                    }],
+                    "CloudWatchMetrics": directives,
                 }),
             );
             for (k, v) in &labels {
                 obj.insert(k.clone(), v.clone().into());
+                if k == "code" {
+                    let class = match v.as_bytes().first() {
+                        Some(c @ b'1'..=b'5') => format!("{}xx", *c as char),
+                        _ => "other".to_string(),
+                    };
+                    obj.insert(CODE_CLASS.into(), class.into());
+                }
             }
             for (n, _, v) in chunk {
                 obj.insert(n.clone(), v.clone());
@@ -281,5 +385,111 @@ mod tests {
         );
         let depth = v.iter().find(|o| o.get("queue").is_some()).unwrap();
         assert_eq!(depth["t_depth"], 3.0);
+    }
+
+    /// Runs the encoder over every metric of the registry and collects what CloudWatch
+    /// would receive: (name, dimension set).
+    fn emitted_by_the_encoder() -> std::collections::BTreeSet<(String, Vec<String>)> {
+        use crate::metrics as m;
+        ENABLED.store(true, Ordering::SeqCst);
+        m::http_request("/v1/jobs", 503, Duration::from_millis(2));
+        m::webhook("issue_comment", "accepted");
+        m::job_transition(&m::Transition {
+            queue: "cat",
+            from: Some("running"),
+            to: "succeeded",
+            terminal: true,
+            run: Some(1.0),
+            end_to_end: Some(2.0),
+            ..Default::default()
+        });
+        m::job_transition(&m::Transition {
+            queue: "cat",
+            from: Some("launching"),
+            to: "running",
+            queue_wait: Some(0.5),
+            ..Default::default()
+        });
+        m::job_transition(&m::Transition {
+            queue: "cat",
+            from: Some("launching"),
+            to: "failed",
+            terminal: true,
+            error_kind: Some("image"),
+            ..Default::default()
+        });
+        m::dead_letter("settle", "callback_failed");
+        m::message_handled("settle", "ack", Duration::from_millis(1));
+        m::set_queue_depths(&[m::QueueDepth {
+            queue: "cat".into(),
+            pending: 1,
+            ack_pending: 0,
+            oldest_age_seconds: Some(3.0),
+        }]);
+        m::set_autoscale(&[("worker".into(), 2, 1)]);
+        m::set_nats_connected(true);
+        let mut out = std::collections::BTreeSet::new();
+        for line in frame(&m::render_openmetrics(), 1) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            for d in v["_aws"]["CloudWatchMetrics"].as_array().unwrap() {
+                assert_eq!(d["Namespace"], NAMESPACE);
+                for set in d["Dimensions"].as_array().unwrap() {
+                    let set: Vec<String> = set
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|k| k.as_str().unwrap().to_string())
+                        .collect();
+                    for k in &set {
+                        assert!(v[k].is_string(), "dimension {k} missing in {line}");
+                    }
+                    for metric in d["Metrics"].as_array().unwrap() {
+                        let name = metric["Name"].as_str().unwrap();
+                        assert!(!v[name].is_null(), "{name} has no value in {line}");
+                        out.insert((name.to_string(), set.clone()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_catalogue_is_exactly_what_the_encoder_writes() {
+        let written = emitted_by_the_encoder();
+        let listed: std::collections::BTreeSet<(String, Vec<String>)> = EMITTED
+            .iter()
+            .flat_map(|e| {
+                e.dimensions
+                    .iter()
+                    .map(|d| (e.name.to_string(), d.iter().map(|k| k.to_string()).collect()))
+            })
+            .collect();
+        let missing: Vec<_> = written.difference(&listed).collect();
+        let extra: Vec<_> = listed.difference(&written).collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "written but not in EMITTED: {missing:?}\nin EMITTED but not written: {extra:?}"
+        );
+    }
+
+    #[test]
+    fn rollups_are_extra_directives_with_the_code_class() {
+        emitted_by_the_encoder();
+        let text = crate::metrics::render_openmetrics();
+        let lines = frame(&text, 2);
+        let http = lines
+            .iter()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v["code"] == "503")
+            .unwrap();
+        assert_eq!(http["code_class"], "5xx");
+        let dirs = http["_aws"]["CloudWatchMetrics"].as_array().unwrap();
+        assert_eq!(dirs.len(), 2, "{http}");
+        assert_eq!(dirs[1]["Dimensions"], serde_json::json!([["code_class"]]));
+        assert_eq!(
+            dirs[1]["Metrics"],
+            serde_json::json!([{"Name": "jetrun_http_requests_total", "Unit": "Count"}])
+        );
     }
 }

@@ -10,7 +10,9 @@
 //!   consumer's span is made a child of the message's context ([`link_remote`]) and every
 //!   publish carries the *current* span's context ([`outgoing`]), so one job is one trace.
 //!   Without the feature, or without an endpoint, the trace functions pass the context
-//!   given to them through unchanged.
+//!   given to them through unchanged. In a Lambda function with X-Ray active tracing, a
+//!   span without an incoming W3C context continues the invocation's X-Ray trace
+//!   ([`xray`]).
 //! - **Metrics**: one registry ([`metrics`]) rendered as Prometheus/OpenMetrics text for
 //!   `GET /metrics`, and as CloudWatch EMF lines ([`emf`]).
 
@@ -22,6 +24,7 @@ pub mod config;
 pub mod emf;
 pub mod metrics;
 pub mod w3c;
+pub mod xray;
 
 pub use config::OtelConfig;
 pub use w3c::TraceParent;
@@ -62,6 +65,27 @@ impl Drop for Guard {
 /// `OTEL_*` variables ([`OtelConfig::from_env`]); a bad setting is reported on stderr and
 /// leaves export off. Keep the returned guard alive.
 pub fn init(format: &str) -> Guard {
+    #[cfg(feature = "otel")]
+    {
+        let cfg = match OtelConfig::from_env("jetrun") {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("OpenTelemetry export disabled: {e}");
+                None
+            }
+        };
+        init_with(format, cfg)
+    }
+    #[cfg(not(feature = "otel"))]
+    {
+        init_with(format, None)
+    }
+}
+
+/// [`init`] with the export settings given rather than read from `OTEL_*` (`None`: no
+/// export; ignored without the `otel` feature). Tests use it to record spans into a local
+/// receiver without touching the process environment.
+pub fn init_with(format: &str, otel_config: Option<OtelConfig>) -> Guard {
     // RUST_LOG filters the logs only: spans are exported at `info` (or
     // JETRUN_TRACE_FILTER) whatever the log level, so quieter logs keep whole traces.
     let log_filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
@@ -82,14 +106,7 @@ pub fn init(format: &str) -> Guard {
     });
     #[cfg(feature = "otel")]
     {
-        let cfg = match OtelConfig::from_env("jetrun") {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("OpenTelemetry export disabled: {e}");
-                None
-            }
-        };
-        let (layer, provider) = match cfg.and_then(|c| otel::layer(&c)) {
+        let (layer, provider) = match otel_config.and_then(|c| otel::layer(&c)) {
             Some((l, p)) => {
                 let filter = EnvFilter::try_from_env("JETRUN_TRACE_FILTER")
                     .unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
@@ -107,6 +124,7 @@ pub fn init(format: &str) -> Guard {
     }
     #[cfg(not(feature = "otel"))]
     {
+        let _ = otel_config;
         let _ = tracing_subscriber::registry().with(json).with(text).try_init();
         Guard::default()
     }
@@ -131,12 +149,17 @@ pub fn link_parent(span: &tracing::Span, traceparent: Option<&str>) {
 
 /// Makes `span` (just created, not yet entered) a child of the remote context
 /// `traceparent` + `tracestate`. A header that breaks the W3C rules is ignored: the span
-/// then starts a new trace. Returns whether the span was linked.
+/// then starts a new trace, except in a Lambda function with X-Ray tracing
+/// (`_X_AMZN_TRACE_ID`), where it continues the invocation's X-Ray trace ([`xray`]).
+/// Returns whether the span was linked.
 pub fn link_remote(span: &tracing::Span, traceparent: Option<&str>, tracestate: Option<&str>) -> bool {
-    let Some(tp) = traceparent.and_then(TraceParent::parse) else {
-        return false;
+    let (tp, ts) = match traceparent.and_then(TraceParent::parse) {
+        Some(tp) => (tp, tracestate.filter(|t| w3c::valid_tracestate(t))),
+        None => match xray::lambda_context() {
+            Some(tp) => (tp, None),
+            None => return false,
+        },
     };
-    let ts = tracestate.filter(|t| w3c::valid_tracestate(t));
     #[cfg(feature = "otel")]
     {
         otel::link(span, &tp, ts)

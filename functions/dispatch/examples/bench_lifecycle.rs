@@ -5,7 +5,10 @@
 //! `cargo run --release -p jetrun-dispatch --example bench_lifecycle`
 //! (`BENCH_JOBS`, default 5000; `BENCH_IN_FLIGHT`, default 256 concurrent submitters;
 //! `BENCH_PACED`, default 200 jobs submitted one at a time for unloaded latency;
-//! `BENCH_NO_CALLBACKS` turns settle's callback consumer off).
+//! `BENCH_NO_CALLBACKS` turns settle's callback consumer off; `BENCH_COUNT=1` also
+//! subscribes a second connection to every subject and prints the server operations per
+//! job by kind — the per-stage table of docs/bench-lifecycle.md; it loads the server, so
+//! its jobs/s are not the benchmark's).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 // The allocator the `jetrun` binary ships with, so the benchmark measures what runs.
@@ -108,12 +111,15 @@ async fn main() {
     // Observe state changes (core NATS subscription on the event subjects).
     let submitted: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let running_lat: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    // Submit→`queued` and submit→`launching` (the paced jobs' breakdown of the latency).
+    let stage_lat: Arc<Mutex<[Vec<Duration>; 2]>> = Arc::default();
     let mut sub = client.subscribe(names.job_event_all()).await.unwrap();
     client.flush().await.unwrap();
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     {
         let submitted = submitted.clone();
         let running_lat = running_lat.clone();
+        let stage_lat = stage_lat.clone();
         tokio::spawn(async move {
             while let Some(m) = sub.next().await {
                 let v: serde_json::Value = match serde_json::from_slice(&m.payload) {
@@ -122,6 +128,12 @@ async fn main() {
                 };
                 let id = v["job_id"].as_str().unwrap_or_default().to_string();
                 match v["to"].as_str() {
+                    Some(stage @ ("queued" | "launching")) => {
+                        let t0 = submitted.lock().unwrap().get(&id).copied();
+                        if let Some(t0) = t0 {
+                            stage_lat.lock().unwrap()[usize::from(stage == "launching")].push(t0.elapsed());
+                        }
+                    }
                     Some("running") => {
                         let t0 = submitted.lock().unwrap().get(&id).copied();
                         if let Some(t0) = t0 {
@@ -136,6 +148,26 @@ async fn main() {
             }
         });
     }
+
+    // Every operation the pipeline sends to the server, by kind (BENCH_COUNT).
+    let counts: Arc<Mutex<std::collections::BTreeMap<String, u64>>> = Arc::default();
+    if std::env::var_os("BENCH_COUNT").is_some() {
+        let spy = server.client().await;
+        let mut all = spy.subscribe(">").await.unwrap();
+        spy.flush().await.unwrap();
+        let counts = counts.clone();
+        tokio::spawn(async move {
+            let _spy = spy;
+            while let Some(m) = all.next().await {
+                *counts.lock().unwrap().entry(kind_of(&m.subject)).or_insert(0) += 1;
+            }
+        });
+    }
+    let before = client.statistics();
+    let (out0, in0) = (
+        before.out_messages.load(std::sync::atomic::Ordering::Relaxed),
+        before.in_messages.load(std::sync::atomic::Ordering::Relaxed),
+    );
 
     let store = ctx.store.clone();
     let publisher = EventPublisher::new(js.clone(), "/bench");
@@ -175,6 +207,11 @@ async fn main() {
     }
     let elapsed = t.elapsed();
     let submit_time = submitter.await.unwrap();
+    // Settle the last acks before counting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = client.statistics();
+    let out_ops = after.out_messages.load(std::sync::atomic::Ordering::Relaxed) - out0;
+    let in_ops = after.in_messages.load(std::sync::atomic::Ordering::Relaxed) - in0;
     let mut lat = running_lat.lock().unwrap().clone();
     let p50 = pct(&mut lat, 0.50);
     let p99 = pct(&mut lat, 0.99);
@@ -182,6 +219,7 @@ async fn main() {
     // Unloaded latency: one job at a time, each waited for until it runs.
     let paced = env_usize("BENCH_PACED", 200);
     running_lat.lock().unwrap().clear();
+    *stage_lat.lock().unwrap() = Default::default();
     let publisher = EventPublisher::new(js.clone(), "/bench");
     for i in 0..paced {
         let key = format!("paced-{}-{i}", std::process::id());
@@ -202,6 +240,16 @@ async fn main() {
     let mut quiet = running_lat.lock().unwrap().clone();
     let q50 = pct(&mut quiet, 0.50);
     let q99 = pct(&mut quiet, 0.99);
+    let [mut queued_lat, mut launching_lat] = stage_lat.lock().unwrap().clone();
+    // One raw KV put at a time: the round trip every step above pays.
+    let mut rtt = Vec::new();
+    for i in 0..paced {
+        let t = Instant::now();
+        kv.put(format!("rtt{i}"), bytes::Bytes::from_static(b"{\"v\":1}"))
+            .await
+            .unwrap();
+        rtt.push(t.elapsed());
+    }
 
     println!(
         "lifecycle (NullRunner): {done}/{jobs} jobs submitted→succeeded in {elapsed:.2?}: {rate:.0} jobs/s"
@@ -215,6 +263,12 @@ async fn main() {
         quiet.len()
     );
     println!(
+        "  of which submit→queued p50 {:.2?}, submit→launching p50 {:.2?}; one raw KV put at a time p50 {:.2?}",
+        pct(&mut queued_lat, 0.50),
+        pct(&mut launching_lat, 0.50),
+        pct(&mut rtt, 0.50)
+    );
+    println!(
         "submissions alone (admit + publish): {jobs} in {submit_time:.2?} ({:.0}/s, concurrent with the pipeline)",
         jobs as f64 / submit_time.as_secs_f64()
     );
@@ -226,6 +280,18 @@ async fn main() {
             "off (BENCH_NO_CALLBACKS)"
         }
     );
+    println!(
+        "pipeline client: {:.1} messages to the server and {:.1} from it per job (publishes, requests, acks; acks, replies, deliveries)",
+        out_ops as f64 / done.max(1) as f64,
+        in_ops as f64 / done.max(1) as f64
+    );
+    let counts = counts.lock().unwrap().clone();
+    if !counts.is_empty() {
+        println!("operations per job by kind (BENCH_COUNT):");
+        for (k, n) in &counts {
+            println!("  {:>6.2}  {k}", *n as f64 / done.max(1) as f64);
+        }
+    }
     println!("baseline raw KV put: {kv_rate:.0} puts/s ({puts} puts, {in_flight} in flight)");
     println!("ratio: one job costs {:.1} raw puts", kv_rate / rate.max(1e-9));
     shutdown.cancel();
@@ -235,6 +301,25 @@ async fn main() {
         let _ = agent_task.await;
     })
     .await;
+}
+
+/// The kind of server operation a subject is (BENCH_COUNT): job ids and inboxes left out.
+fn kind_of(subject: &str) -> String {
+    let t: Vec<&str> = subject.split('.').collect();
+    match t.as_slice() {
+        ["$KV", bucket, ..] => format!("KV write {bucket}"),
+        ["$JS", "API", "DIRECT", "GET", stream, ..] => format!("direct get {stream}"),
+        ["$JS", "API", "STREAM", "PURGE", stream, ..] => format!("purge {stream}"),
+        ["$JS", "API", "CONSUMER", "MSG", "NEXT", stream, consumer, ..] => {
+            format!("pull request {stream}/{consumer}")
+        }
+        ["$JS", "ACK", stream, consumer, ..] => format!("ack {stream}/{consumer}"),
+        ["$JS", "API", rest @ ..] => format!("JS API {}", rest.first().unwrap_or(&"")),
+        [p, "job", kind, ..] => format!("publish {p}.job.{kind}"),
+        [p, "task", phase, ..] => format!("publish {p}.task.{phase}"),
+        ["_INBOX", ..] => "replies and deliveries (_INBOX)".into(),
+        _ => t.iter().take(2).copied().collect::<Vec<_>>().join("."),
+    }
 }
 
 fn uuid_like(i: usize) -> String {

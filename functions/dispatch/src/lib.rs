@@ -18,8 +18,9 @@
 //!    node agent, which supervises it from then on.
 //!
 //! A launch that cannot work (`InvalidSpec`) fails the job; a transient launch failure
-//! sends it back to `queued` with backoff (or fails it with a dead letter once its
-//! attempts are used). A periodic [`Dispatcher::reconcile`] re-publishes jobs that are
+//! (or a lease it could not take) ends the attempt through the one lifecycle policy
+//! ([`jetrun_nats::lifecycle`], shared with settle): back to `queued` with backoff, or a
+//! dead letter and `failed` once its attempts are used. A periodic [`Dispatcher::reconcile`] re-publishes jobs that are
 //! queued in the store but have no message (a producer crashed between admit and
 //! publish).
 
@@ -31,10 +32,11 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::PullConsumer;
 use jetrun_agent::{Agent, EndGuard, Task};
-use jetrun_core::job::{Transition, TransitionErrorKind};
+use jetrun_core::job::Transition;
 use jetrun_core::schema::{self, types};
 use jetrun_core::{Envelope, JobError, JobRecord, JobSpec, JobStatus};
-use jetrun_host::{ConsumerHost, Context, HandlerError, HostConfig, Incoming};
+use jetrun_host::{ConsumerHost, Context, HandlerError, HostConfig, Incoming, transient};
+use jetrun_nats::lifecycle::{AttemptOutcome, Lifecycle, RetryPolicy, error_chain, lock};
 use jetrun_nats::store::Lease;
 use jetrun_nats::{EventPublisher, StoreError, StoreErrorKind, Topology};
 use jetrun_runner::{LaunchRequest, RunnerErrorKind};
@@ -104,21 +106,22 @@ pub enum DispatchErrorKind {
     Publish,
 }
 
-/// Dispatch failed.
+/// Dispatch failed; the cause is its [`std::error::Error::source`].
 #[derive(Debug, thiserror::Error)]
-#[error("dispatch: {kind:?}: {message}")]
+#[error("dispatch: {kind:?}")]
 pub struct DispatchError {
     /// What kind of failure.
     pub kind: DispatchErrorKind,
-    /// Details.
-    pub message: String,
+    /// Why.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
 impl DispatchError {
-    fn new(kind: DispatchErrorKind, e: impl std::fmt::Display) -> Self {
+    fn new(kind: DispatchErrorKind, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         Self {
             kind,
-            message: e.to_string(),
+            source: e.into(),
         }
     }
 }
@@ -131,10 +134,6 @@ struct Tenant {
 }
 
 type Tenants = Arc<Mutex<HashMap<String, Tenant>>>;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Gives a tenant's running slot back when the task ends.
 struct TenantSlot {
@@ -163,6 +162,7 @@ struct Inner {
     slots: Arc<Semaphore>,
     tenants: Tenants,
     publisher: EventPublisher,
+    lifecycle: Lifecycle,
 }
 
 /// The dispatch function. Cheap to clone.
@@ -197,17 +197,19 @@ fn jitter(d: Duration) -> Duration {
     d + Duration::from_millis(extra)
 }
 
-fn transient(e: impl std::fmt::Display) -> HandlerError {
-    HandlerError::retry(e.to_string(), Duration::from_secs(1))
-}
-
 impl Dispatcher {
     /// A dispatcher launching through `agent`'s runner and handing tasks to it.
     pub fn new(ctx: Context, agent: Agent, config: Config) -> Self {
         let slots = Arc::new(Semaphore::new(config.max_concurrent_jobs.max(1)));
+        let publisher = ctx.publisher("dispatch");
+        let policy = RetryPolicy {
+            base: config.launch_retry_base,
+            cap: config.launch_retry_cap,
+        };
         Self {
             inner: Arc::new(Inner {
-                publisher: ctx.publisher("dispatch"),
+                lifecycle: Lifecycle::new(ctx.store.clone(), publisher.clone(), "dispatch", policy),
+                publisher,
                 ctx,
                 agent,
                 config,
@@ -358,7 +360,7 @@ impl Dispatcher {
             }
         }
         let slots = self.admission(&rec.spec)?;
-        self.start(rec, rev, slots, &msg).await
+        self.start(rec, rev, slots).await
     }
 
     /// Admission control: an instance slot, the tenant's running quota and start rate.
@@ -407,13 +409,7 @@ impl Dispatcher {
     }
 
     /// Claim, lease, launch, record, hand over.
-    async fn start(
-        &self,
-        rec: JobRecord,
-        rev: u64,
-        slots: Slots,
-        msg: &Incoming,
-    ) -> Result<(), HandlerError> {
+    async fn start(&self, rec: JobRecord, rev: u64, slots: Slots) -> Result<(), HandlerError> {
         let ctx = &self.inner.ctx;
         let store = &ctx.store;
         if rec.spec.network && !self.inner.agent.config().network_allowed(&rec.queue) {
@@ -446,28 +442,45 @@ impl Dispatcher {
         // the agent signs this attempt's task events with it, settle checks them.
         let mut keyed = rec.clone();
         keyed.attempt_key = Some(jetrun_core::task::AttemptKey::generate());
-        let (rec, rev) = match store.transition_at(&keyed, rev, &claim).await {
-            Ok(x) => x,
-            Err(e) if e.kind == StoreErrorKind::Conflict => {
-                return match store.get(&rec.id).await.map_err(transient)? {
-                    Some((r, _)) if r.status == JobStatus::Queued => Err(HandlerError::retry(
-                        "the record changed while claiming",
-                        Duration::from_millis(50),
-                    )),
-                    _ => Ok(()),
-                };
-            }
-            Err(e) if matches!(e.kind, StoreErrorKind::Transition(_)) => return Ok(()),
-            Err(e) => return Err(transient(e)),
-        };
         let ttl = self.inner.agent.config().lease_ttl;
+        // The claim does not change the attempt: the lease covers the claimed attempt.
         let lease = Lease {
             job_id: rec.id.clone(),
             attempt: rec.attempt,
             worker_id: ctx.worker_id.clone(),
             node_id: ctx.node_id.clone(),
         };
-        let lease_rev = match store.acquire_lease(&lease, ttl).await {
+        // The claim's compare-and-set and the lease's create go out together (one round
+        // trip, not two). The lease only counts if the claim landed: a lease taken for a
+        // lost claim is released at its own revision (never the winner's), and one left
+        // by a crash in between expires with nothing to do (the job is still `queued`,
+        // which settle's expiry handling leaves alone).
+        let (claimed, leased) = tokio::join!(
+            store.transition_at(&keyed, rev, &claim),
+            store.acquire_lease(&lease, ttl)
+        );
+        let (rec, rev) = match claimed {
+            Ok(x) => x,
+            Err(e) => {
+                if let Ok(lease_rev) = leased
+                    && let Err(le) = store.release_lease_at(&rec.id, lease_rev).await
+                {
+                    debug!(job_id = %rec.id, error = %le, "lease of a lost claim not released; it expires");
+                }
+                return match e.kind {
+                    StoreErrorKind::Conflict => match store.get(&rec.id).await.map_err(transient)? {
+                        Some((r, _)) if r.status == JobStatus::Queued => Err(HandlerError::retry(
+                            "the record changed while claiming",
+                            Duration::from_millis(50),
+                        )),
+                        _ => Ok(()),
+                    },
+                    StoreErrorKind::Transition(_) => Ok(()),
+                    _ => Err(transient(e)),
+                };
+            }
+        };
+        let lease_rev = match leased {
             Ok(r) => Ok(r),
             Err(e) if e.kind == StoreErrorKind::Conflict => {
                 // A lease left by an earlier attempt (released late): ours now.
@@ -480,7 +493,7 @@ impl Dispatcher {
             Ok(r) => r,
             Err(e) => {
                 return self
-                    .requeue(rec, rev, JobError::new("lease_unavailable", e.to_string()), msg)
+                    .requeue(rec, rev, JobError::new("lease_unavailable", e.to_string()))
                     .await;
             }
         };
@@ -514,7 +527,7 @@ impl Dispatcher {
                 warn!(job_id = %rec.id, attempt = rec.attempt, error = %e, "launch failed; retrying later");
                 let _ = store.release_lease(&rec.id).await;
                 return self
-                    .requeue(rec, rev, JobError::new("launch_failed", e.message), msg)
+                    .requeue(rec, rev, JobError::new("launch_failed", e.message))
                     .await;
             }
         };
@@ -563,47 +576,21 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Back to `queued` with backoff (the same message returns after the delay), or
-    /// `failed` plus a dead letter once the attempts are used.
-    async fn requeue(
-        &self,
-        rec: JobRecord,
-        rev: u64,
-        error: JobError,
-        msg: &Incoming,
-    ) -> Result<(), HandlerError> {
-        let c = &self.inner.config;
-        let store = &self.inner.ctx.store;
-        let delay = jetrun_core::job::backoff(rec.attempt, c.launch_retry_base, c.launch_retry_cap);
-        let not_before = jetrun_core::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-        let retry = Transition::Retry {
-            error: error.clone(),
-            not_before,
-        };
-        match store.transition_at(&rec, rev, &retry).await {
-            Ok(_) => Err(HandlerError::retry(error.message, delay)),
-            Err(e) if e.kind == StoreErrorKind::Transition(TransitionErrorKind::AttemptsExhausted) => {
-                let reason = format!(
-                    "{} attempts used; last error: {}: {}",
-                    rec.max_attempts, error.kind, error.message
-                );
-                let fail = Transition::Fail {
-                    error: JobError::new("attempts_exhausted", reason.clone()),
-                };
-                store.transition_at(&rec, rev, &fail).await.map_err(transient)?;
-                let entry = jetrun_nats::dlq::entry_for(
-                    "dispatch",
-                    "attempts_exhausted",
-                    &reason,
-                    &msg.message,
-                    Some(rec.id.clone()),
-                );
-                jetrun_nats::dlq::publish(&self.inner.publisher, &self.inner.ctx.names, &entry)
-                    .await
-                    .map_err(transient)?;
-                Ok(())
-            }
-            Err(e) => Err(transient(e)),
+    /// Ends a failed attempt through the lifecycle policy: back to `queued` with backoff
+    /// (the same message returns after the delay), or a dead letter and `failed` once the
+    /// attempts are used. A dead letter that cannot be stored leaves the job as it was and
+    /// the message for redelivery (settle's sweep ends a job whose message is gone).
+    async fn requeue(&self, rec: JobRecord, rev: u64, error: JobError) -> Result<(), HandlerError> {
+        let reason = error.message.clone();
+        match self.inner.lifecycle.retry_or_fail(&rec, rev, error).await {
+            Ok(AttemptOutcome::Retried { delay, .. }) => Err(HandlerError::retry(reason, delay)),
+            Ok(_) => Ok(()),
+            Err(e) if e.is_conflict() => Err(HandlerError::retry(
+                "the record changed while retrying it",
+                Duration::from_millis(50),
+            )),
+            // The store, or a dead letter not stored: the job was left as it was.
+            Err(e) => Err(transient(error_chain(&e))),
         }
     }
 

@@ -124,7 +124,7 @@ pub trait Publish: Send + Sync {
     async fn publish(&self, ev: &TaskEvent, rec: &JobRecord) -> Result<(), BridgeError>;
 }
 
-/// Publishes on NATS exactly as the node agent does (`jetrun_agent::publish_task_event`):
+/// Publishes on NATS exactly as the node agent does (`jetrun_node::publish_task_event`):
 /// `Jetrun-Task-Signature` with the attempt's key from the record, the keyed `ce-id`, the
 /// job's trace. The agent and the bridge reporting the same end thus publish one message
 /// (JetStream drops the second as a duplicate).
@@ -147,7 +147,7 @@ impl NatsPublisher {
 #[async_trait::async_trait]
 impl Publish for NatsPublisher {
     async fn publish(&self, ev: &TaskEvent, rec: &JobRecord) -> Result<(), BridgeError> {
-        jetrun_agent::publish_task_event(
+        jetrun_node::publish_task_event(
             &self.publisher,
             &self.names,
             ev,

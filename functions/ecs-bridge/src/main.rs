@@ -9,6 +9,9 @@
 //! (default `jetrun`), `JETRUN_ECS_DEPLOYMENT` (default `jetrun`), `JETRUN_ECS_CONTAINER`
 //! (default `job`), `JETRUN_ECS_CLUSTER` (for the reconcile, default `jetrun-jobs`),
 //! `JETRUN_LOG_FORMAT` (default `json`).
+// The SDK clients' and the runtime's nested futures exceed the default layout query depth
+// inside `main`'s state machine.
+#![recursion_limit = "256"]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -177,7 +177,7 @@ async fn the_lambda_binary_publishes_a_signed_task_event_and_runs_the_reconcile(
     let sig = h
         .get(jetrun_core::task::SIGNATURE_HEADER)
         .map(|v| v.as_str().to_string());
-    jetrun_agent::signing::verify(&key, sig.as_deref(), &ce_type, msg.subject.as_str(), &msg.payload)
+    jetrun_node::signing::verify(&key, sig.as_deref(), &ce_type, msg.subject.as_str(), &msg.payload)
         .expect("signed with the attempt's key");
     let ev: jetrun_core::task::TaskEvent = serde_json::from_slice(&msg.payload).unwrap();
     assert_eq!((ev.node_id.as_str(), ev.exit_code), ("node-x", Some(0)));

@@ -85,6 +85,7 @@ async fn main() {
     let creds = Credentials {
         webhook_secrets: WebhookSecrets::parse(std::str::from_utf8(SECRET).unwrap()),
         api_tokens: ApiTokens::default(),
+        ..Credentials::default()
     };
     let ingest = jetrun_ingest::Ingest::new(ctx, Config::default(), creds)
         .await

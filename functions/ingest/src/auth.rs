@@ -177,6 +177,17 @@ impl ApiTokens {
         self.0.is_empty()
     }
 
+    /// The SHA-256 digests of `tenant`'s tokens (a console session is bound to one, so
+    /// removing the token ends its sessions).
+    pub fn digests_of<'a>(&'a self, tenant: &'a str) -> impl Iterator<Item = &'a [u8; 32]> + 'a {
+        self.0.iter().filter(move |(t, _)| t == tenant).map(|(_, d)| d)
+    }
+
+    /// The SHA-256 digest of `token`, as kept here.
+    pub fn digest(token: &[u8]) -> [u8; 32] {
+        digest(token)
+    }
+
     /// The tenant of a presented token. Compares digests in constant time and checks
     /// every entry, so timing does not reveal which (or whether a prefix) matched.
     pub fn tenant_of(&self, token: &[u8]) -> Option<String> {

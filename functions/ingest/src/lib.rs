@@ -25,6 +25,7 @@ pub mod problem;
 pub mod server;
 pub mod sse;
 pub mod ui;
+pub mod ws;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -83,6 +84,8 @@ pub struct Config {
     pub spec_limits: SpecLimits,
     /// Deepest nesting of a webhook payload's JSON (default 64); deeper is 400.
     pub max_json_depth: usize,
+    /// Limits of the WebSocket live-update endpoints (default [`ws::WsLimits::default`]).
+    pub websocket: ws::WsLimits,
 }
 
 impl Default for Config {
@@ -97,6 +100,7 @@ impl Default for Config {
             source: "/jetrun/ingest".into(),
             spec_limits: SpecLimits::default(),
             max_json_depth: 64,
+            websocket: ws::WsLimits::default(),
         }
     }
 }
@@ -108,6 +112,9 @@ pub struct Credentials {
     pub webhook_secrets: WebhookSecrets,
     /// API tokens.
     pub api_tokens: ApiTokens,
+    /// The key signing console sessions (`JETRUN_CONSOLE_SESSION_KEY`; none: a random
+    /// key per process).
+    pub session_key: Option<ui::session::SessionKey>,
 }
 
 /// What kind of setup failure.
@@ -122,6 +129,8 @@ pub enum SetupErrorKind {
     Tokens,
     /// A bucket is missing or JetStream is unreachable (has `jetrun init` run?).
     Bucket,
+    /// `JETRUN_CONSOLE_SESSION_KEY` is too short.
+    SessionKey,
 }
 
 /// The endpoint cannot start.
@@ -135,7 +144,8 @@ pub struct SetupError {
 }
 
 impl Credentials {
-    /// Reads [`ENV_SECRET`] and, if given, `secret_file`, and [`ENV_TOKENS`].
+    /// Reads [`ENV_SECRET`] and, if given, `secret_file`, [`ENV_TOKENS`] and
+    /// `JETRUN_CONSOLE_SESSION_KEY`.
     pub fn from_env(secret_file: Option<&Path>) -> Result<Self, SetupError> {
         let mut secrets = WebhookSecrets::parse(&std::env::var(ENV_SECRET).unwrap_or_default());
         if let Some(path) = secret_file {
@@ -150,9 +160,14 @@ impl Credentials {
                 kind: SetupErrorKind::Tokens,
                 message: e.to_string(),
             })?;
+        let session_key = ui::session::SessionKey::from_env().map_err(|message| SetupError {
+            kind: SetupErrorKind::SessionKey,
+            message,
+        })?;
         Ok(Self {
             webhook_secrets: secrets,
             api_tokens,
+            session_key,
         })
     }
 }
@@ -179,6 +194,7 @@ pub struct Ingest {
     pub config: Config,
     pub(crate) secrets: WebhookSecrets,
     pub(crate) tokens: ApiTokens,
+    pub(crate) session_key: Option<ui::session::SessionKey>,
     pub(crate) limiter: RateLimiter,
     pub(crate) publisher: EventPublisher,
     pub(crate) dedupe: kv::Store,
@@ -235,6 +251,7 @@ impl Ingest {
             config,
             secrets: creds.webhook_secrets,
             tokens: creds.api_tokens,
+            session_key: creds.session_key,
             publisher,
             dedupe,
             scale,
@@ -258,6 +275,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/ready"),
     ("get", "/v1/jobs/{id}/events"),
     ("get", "/v1/events/stream"),
+    ("get", "/v1/jobs/{id}/ws"),
+    ("get", "/v1/events/ws"),
 ];
 
 /// The router: webhook endpoint, API, health and readiness, and `GET /metrics`

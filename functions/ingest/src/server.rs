@@ -3,6 +3,11 @@
 //!
 //! Without them one client could hold thousands of idle connections (each a socket and
 //! a task) and starve everyone else.
+//!
+//! Connections may be upgraded (WebSocket, `crate::ws`): each request carries an
+//! [`Upgrades`] extension with the server's shutdown token and its connection slots, so
+//! an upgraded connection still counts against `max_connections` and is closed cleanly
+//! (and waited for) when the server drains.
 
 use std::pin::pin;
 use std::sync::Arc;
@@ -16,7 +21,7 @@ use hyper_util::service::TowerToHyperService;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -57,7 +62,30 @@ retry-after: 1\r\nconnection: close\r\ncontent-length: 130\r\n\r\n\
 /// ordinary request (JetStream answers within the publish timeout), short enough that an
 /// open event stream (SSE) does not hold a restart for its whole 10 minutes; its client
 /// resumes with `Last-Event-ID`.
-const DRAIN_GRACE: Duration = Duration::from_secs(10);
+pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+/// What an upgraded connection takes from the server that accepted it (a request
+/// extension): the hyper connection ends at the upgrade, so without this the socket
+/// would escape both the connection cap and the drain.
+#[derive(Debug, Clone)]
+pub struct Upgrades {
+    shutdown: CancellationToken,
+    slots: Arc<Semaphore>,
+}
+
+impl Upgrades {
+    /// Cancelled when the server begins to drain: close the upgraded connection (within
+    /// [`DRAIN_GRACE`]).
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// A connection slot for the upgraded connection, held while it is open (the server
+    /// waits for every slot before it returns), or `None` at the cap.
+    pub fn hold(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone().try_acquire_owned().ok()
+    }
+}
 
 /// Serves `router` on `listener` with `limits` until `shutdown`, then lets requests in
 /// flight finish, for at most [`DRAIN_GRACE`] (idle connections close at once), before
@@ -70,6 +98,10 @@ pub async fn serve_with(
 ) -> std::io::Result<()> {
     let max = limits.max_connections.clamp(1, Semaphore::MAX_PERMITS);
     let slots = Arc::new(Semaphore::new(max));
+    let router = router.layer(axum::Extension(Upgrades {
+        shutdown: shutdown.clone(),
+        slots: slots.clone(),
+    }));
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -118,7 +150,7 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
-    let mut conn = pin!(builder.serve_connection(TokioIo::new(io), svc));
+    let mut conn = pin!(builder.serve_connection(TokioIo::new(io), svc).with_upgrades());
     let idle = limits.idle_timeout.max(Duration::from_millis(10));
     let mut draining = false;
     let mut drain_deadline = tokio::time::Instant::now();

@@ -305,7 +305,8 @@ fn cloudevent(headers: Option<&async_nats::HeaderMap>, seq: u64, data: Value) ->
     Value::Object(obj)
 }
 
-type Changes = Pin<Box<dyn Stream<Item = Result<Change, SseError>> + Send>>;
+/// State changes read from the events stream, in order.
+pub type Changes = Pin<Box<dyn Stream<Item = Result<Change, SseError>> + Send>>;
 
 /// Opens an ordered consumer on the job events stream, filtered to `subject`, starting
 /// at `start`. Returns the changes and how many stored events are already waiting.
@@ -465,15 +466,36 @@ pub fn respond(changes: Changes, filter: Filter, slot: Slot, end_on_terminal: bo
     resp
 }
 
-/// A job's own stream for `tenant`: 404 if the job is not the tenant's, 204 (which tells
-/// `EventSource` to stop reconnecting) once it is terminal and nothing after `last` is
-/// left to send.
-pub async fn job_stream(
+/// A stream checked and opened, not yet answered: what SSE ([`respond`]) and the
+/// WebSocket endpoint (`ws`) both send.
+pub struct Opened {
+    /// The changes, from the start asked for.
+    pub changes: Changes,
+    /// What of them the caller may see and asked for.
+    pub filter: Filter,
+    /// The tenant's stream slot, held while the stream is open.
+    pub slot: Slot,
+    /// A job's own stream: it ends after the terminal change.
+    pub end_on_terminal: bool,
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened")
+            .field("filter", &self.filter)
+            .field("end_on_terminal", &self.end_on_terminal)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens a job's own stream for `tenant`: 404 if the job is not the tenant's; `None`
+/// once it is terminal and nothing after `last` is left to send.
+pub async fn open_job(
     live: &Arc<Live>,
     tenant: &str,
     id: &str,
     last: Option<u64>,
-) -> Result<Response, Problem> {
+) -> Result<Option<Opened>, Problem> {
     let ingest = &live.ingest;
     let not_found = || Problem::new(ProblemKind::NotFound, format!("no job {id}"));
     if !jetrun_core::job::valid_job_id(id) {
@@ -494,7 +516,7 @@ pub async fn job_stream(
         .await
         .map_err(|e| unavailable(&e))?;
     if pending == 0 && rec.status.is_terminal() && last.is_some() {
-        return Ok(StatusCode::NO_CONTENT.into_response());
+        return Ok(None);
     }
     let filter = Filter {
         tenant: tenant.to_string(),
@@ -503,7 +525,27 @@ pub async fn job_stream(
         statuses: Vec::new(),
     };
     info!(job_id = %id, tenant, ?start, "job event stream opened");
-    Ok(respond(changes, filter, slot, true))
+    Ok(Some(Opened {
+        changes,
+        filter,
+        slot,
+        end_on_terminal: true,
+    }))
+}
+
+/// A job's own SSE stream for `tenant`: 404 if the job is not the tenant's, 204 (which
+/// tells `EventSource` to stop reconnecting) once it is terminal and nothing after
+/// `last` is left to send.
+pub async fn job_stream(
+    live: &Arc<Live>,
+    tenant: &str,
+    id: &str,
+    last: Option<u64>,
+) -> Result<Response, Problem> {
+    Ok(match open_job(live, tenant, id, last).await? {
+        Some(o) => respond(o.changes, o.filter, o.slot, o.end_on_terminal),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
 }
 
 /// The query of `GET /v1/events/stream`.
@@ -517,13 +559,13 @@ pub struct StreamQuery {
     pub last_event_id: Option<String>,
 }
 
-/// The tenant's stream of every job (filtered by `q`).
-pub async fn tenant_stream(
+/// Opens the tenant's stream of every job (filtered by `q`).
+pub async fn open_tenant(
     live: &Arc<Live>,
     tenant: &str,
     q: &StreamQuery,
     last: Option<u64>,
-) -> Result<Response, Problem> {
+) -> Result<Opened, Problem> {
     let ingest = &live.ingest;
     let queue = parse_queue(q.queue.as_deref())?;
     let statuses = parse_statuses(q.status.as_deref())?;
@@ -544,7 +586,23 @@ pub async fn tenant_stream(
         statuses,
     };
     info!(tenant, ?start, "event stream opened");
-    Ok(respond(changes, filter, slot, false))
+    Ok(Opened {
+        changes,
+        filter,
+        slot,
+        end_on_terminal: false,
+    })
+}
+
+/// The tenant's SSE stream of every job (filtered by `q`).
+pub async fn tenant_stream(
+    live: &Arc<Live>,
+    tenant: &str,
+    q: &StreamQuery,
+    last: Option<u64>,
+) -> Result<Response, Problem> {
+    let o = open_tenant(live, tenant, q, last).await?;
+    Ok(respond(o.changes, o.filter, o.slot, o.end_on_terminal))
 }
 
 /// `GET /v1/jobs/{id}/events`
@@ -577,6 +635,8 @@ pub fn routes<S: Clone + Send + Sync + 'static>(live: Arc<Live>) -> axum::Router
     axum::Router::new()
         .route("/v1/jobs/{id}/events", axum::routing::get(job_events))
         .route("/v1/events/stream", axum::routing::get(events_stream))
+        .route("/v1/jobs/{id}/ws", axum::routing::get(crate::ws::job_ws))
+        .route("/v1/events/ws", axum::routing::get(crate::ws::events_ws))
         .with_state(live)
 }
 

@@ -557,3 +557,87 @@ async fn the_openapi_document_describes_exactly_the_served_routes() {
         assert!(!text.contains("no such route"), "{method} {path}: {text}");
     }
 }
+
+#[tokio::test]
+async fn a_submission_says_whether_a_worker_serves_its_queue() {
+    let env = start(Config::default(), creds(&tokens())).await;
+    let submit = |queue: &'static str| {
+        let env = &env;
+        async move {
+            let spec = json!({"queue": queue, "image": "busybox", "command": ["true"]});
+            let r = env
+                .http
+                .post(format!("{}/v1/jobs", env.base))
+                .bearer_auth(ACME)
+                .json(&spec)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 201, "{queue}");
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    // No worker anywhere: the job is accepted, and the answer says it will wait.
+    let a = submit("nobody").await;
+    assert_eq!(a["status"], "queued");
+    assert_eq!(a["served"], false);
+    let warning = a["warning"].as_str().expect("a warning");
+    assert!(warning.contains("no worker serves queue \"nobody\""), "{warning}");
+    assert!(warning.contains("waits"), "{warning}");
+
+    // A worker pulling from the queue's dispatch consumer (as `jetrun worker --queue
+    // builds` does: one pull request always open).
+    let topology = jetrun_nats::Topology::new(Names::default());
+    let stream = env.js.get_stream(Names::default().stream_jobs()).await.unwrap();
+    let consumer = stream
+        .get_or_create_consumer(
+            &Names::default().consumer_dispatch("builds"),
+            topology.dispatch_consumer("builds"),
+        )
+        .await
+        .unwrap();
+    let mut pull = consumer.messages().await.unwrap();
+    let puller = tokio::spawn(async move { while pull.next().await.is_some() {} });
+    let info_waiting = async {
+        for _ in 0..100 {
+            let mut c = stream
+                .get_consumer::<async_nats::jetstream::consumer::pull::Config>(
+                    &Names::default().consumer_dispatch("builds"),
+                )
+                .await
+                .unwrap();
+            if c.info().await.unwrap().num_waiting > 0 {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        false
+    };
+    assert!(info_waiting.await, "the pull request is waiting");
+    let b = submit("builds").await;
+    assert_eq!(b["served"], true, "{b}");
+    assert!(b.get("warning").is_none_or(Value::is_null), "{b}");
+
+    // A live node serving every queue (`jetrun dev`, `--queue '*'`) serves a queue that
+    // has no consumer yet; until then the same queue was not served.
+    let c = submit("fresh").await;
+    assert_eq!(c["served"], false);
+    let nodes = env
+        .js
+        .get_key_value(Names::default().bucket_nodes())
+        .await
+        .unwrap();
+    nodes
+        .put(
+            "node-1",
+            json!({"node_id": "node-1", "queues": ["*"]}).to_string().into(),
+        )
+        .await
+        .unwrap();
+    // The answer is reused for a second per queue.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let d = submit("fresh").await;
+    assert_eq!(d["served"], true, "{d}");
+    assert!(d.get("warning").is_none_or(Value::is_null), "{d}");
+    puller.abort();
+}

@@ -346,7 +346,15 @@ async fn deployment() -> Deployment {
     let dir = tempfile::tempdir().unwrap();
     let infra = concat!(env!("CARGO_MANIFEST_DIR"), "/../../infra/nats");
     let mut accounts = std::fs::read_to_string(format!("{infra}/accounts.conf")).unwrap();
-    for u in ["ingest", "route", "worker", "autoscale", "bridge", "operator"] {
+    for u in [
+        "ingest",
+        "route",
+        "worker",
+        "autoscale",
+        "bridge",
+        "github",
+        "operator",
+    ] {
         accounts = accounts.replace(
             &format!("$JETRUN_{}_PASSWORD", u.to_uppercase()),
             &format!("\"{u}-password\""),

@@ -394,3 +394,141 @@ async fn pages_render_in_under_100_ms_with_10000_jobs() {
     // because this is a debug build on a shared two-core machine.
     assert!(worst < 250.0, "a page took {worst:.1} ms with 10,000 jobs");
 }
+
+/// The submitted/s and finished/s cells of `queue`'s row on the queues page.
+fn rate_cells(html: &str, queue: &str) -> (String, String) {
+    let row = &html[html
+        .find(&format!(r#"<tr data-queue="{queue}">"#))
+        .expect("the row")..];
+    let row = &row[..row.find("</tr>").unwrap()];
+    let cell = |class: &str| {
+        let i = row.find(&format!(r#"class="num {class}">"#)).unwrap();
+        let rest = &row[i..];
+        rest[rest.find("<span").unwrap()..rest.find("</td>").unwrap()].to_string()
+    };
+    (cell("submitted-rate"), cell("finished-rate"))
+}
+
+#[tokio::test]
+async fn the_queues_page_shows_job_rates_over_the_last_minute() {
+    let env = start(config(), creds(&tokens())).await;
+    let store = &env.ingest.ctx.store;
+    // Six jobs submitted to `rated` before anyone looked, three of them finished.
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        let spec = JobSpec::new("rated", "busybox", vec!["true".into()]);
+        let rec = JobRecord::new(uuid::Uuid::now_v7().to_string(), spec, None, None);
+        ids.push(store.admit(rec).await.unwrap().record().id.clone());
+    }
+    for id in &ids[..3] {
+        store
+            .transition(
+                id,
+                &jetrun_core::job::Transition::Cancel {
+                    reason: "test".into(),
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let ops = Session::sign_in(&env.base, OPS).await;
+    let html = ops.get("/ui/queues").await.text().await.unwrap();
+    assert!(
+        html.contains("Submitted/s") && html.contains("Finished/s"),
+        "{html}"
+    );
+    let (sub, fin) = rate_cells(&html, "rated");
+    assert_eq!(sub, r#"<span title="6 in the last minute">0.10</span>"#);
+    assert_eq!(fin, r#"<span title="3 in the last minute">0.05</span>"#);
+    // New changes are counted live (the page's partial, as the script fetches it).
+    let spec = JobSpec::new("rated", "busybox", vec!["true".into()]);
+    store
+        .admit(JobRecord::new(uuid::Uuid::now_v7().to_string(), spec, None, None))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let part = ops
+            .http
+            .get(format!("{}/ui/queues", env.base))
+            .header("Cookie", format!("jetrun_session={}", ops.cookie))
+            .header("X-Jetrun-Partial", "live")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if rate_cells(&part, "rated").0.contains("7 in the last minute") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new submission was not counted: {part}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+const KEY: &[u8] = b"a-console-session-key-of-32-bytes-or-more";
+
+/// Another ingest on the same NATS (a replica, or the same one restarted) with `key` and
+/// `tokens`; returns its base URL.
+async fn replica(env: &common::Env, key: &[u8], tokens: &str) -> String {
+    let ctx = jetrun_host::Context::from_client(env.client.clone(), Names::default())
+        .await
+        .unwrap();
+    let mut c = creds(tokens);
+    c.session_key = Some(jetrun_ingest::ui::session::SessionKey::new(key).unwrap());
+    let ingest = jetrun_ingest::Ingest::new(ctx, config(), c).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(jetrun_ingest::serve(
+        listener,
+        jetrun_ingest::router(ingest),
+        env.shutdown.clone(),
+    ));
+    base
+}
+
+#[tokio::test]
+async fn sessions_are_signed_cookies_that_replicas_share_and_a_removed_token_ends() {
+    let mut c = creds(&tokens());
+    c.session_key = Some(jetrun_ingest::ui::session::SessionKey::new(KEY).unwrap());
+    let env = start(config(), c).await;
+    let acme = Session::sign_in(&env.base, ACME).await;
+    assert!(!acme.cookie.contains(ACME) && !acme.cookie.contains("acme"));
+    let on = |base: &str| Session {
+        base: base.to_string(),
+        http: client(),
+        cookie: acme.cookie.clone(),
+        csrf: acme.csrf.clone(),
+    };
+    // Another replica with the same key and tokens (or this one after a restart): the
+    // same session, the same tenant, the same CSRF token.
+    let same = on(&replica(&env, KEY, &tokens()).await);
+    let r = same.get("/ui/jobs").await;
+    assert_eq!(r.status(), 200);
+    let html = r.text().await.unwrap();
+    assert!(
+        html.contains(r#"<span id="who">tenant acme</span>"#),
+        "signed in as acme there too"
+    );
+    assert_eq!(csrf_of(&html), acme.csrf);
+    // A replica with another key does not know it.
+    let other = on(&replica(&env, b"another-key-another-key-another-key!", &tokens()).await);
+    let r = other.get("/ui/jobs").await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/ui/login");
+    // acme's token replaced by a new one: its sessions end, everywhere.
+    let rotated = on(&replica(&env, KEY, &format!("acme:acme-new-token-0123456789,*:{OPS}")).await);
+    assert_eq!(rotated.get("/ui/jobs").await.status(), 303);
+    // A tampered cookie is refused.
+    let mut forged = on(&env.base);
+    forged.cookie.push('0');
+    assert_eq!(forged.get("/ui/jobs").await.status(), 303);
+    // Signing out ends the session where it happened.
+    let r = acme.post("/ui/logout", &[("csrf", acme.csrf.as_str())]).await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(acme.get("/ui/jobs").await.status(), 303);
+}

@@ -75,6 +75,10 @@ pub fn consumer_config(names: &jetrun_core::Names, config: &Config) -> consumer:
     }
 }
 
+/// The label marking a job whose rule has a `reply` (value `github`); with it route sets
+/// `github.repository`, `github.issue` and `github.comment`.
+pub const REPLY_LABEL: &str = "jetrun.reply";
+
 /// The idempotency key of the job a rule submits for a delivery.
 pub fn idempotency_key(delivery: &str, rule: &str) -> String {
     format!("github/{delivery}/{rule}")
@@ -104,6 +108,12 @@ pub async fn handle(
     let delivery = env.id.as_str();
     let mut failures = Vec::new();
     for m in rules.evaluate(&event, &payload, delivery) {
+        if let Some(why) = &m.refused {
+            // A guardrail's normal answer, not a failure: no job, no dead letter (the
+            // github function answers on the issue when the rule has a reply).
+            info!(rule = %m.rule, %delivery, reason = %why, "rule refused the event");
+            continue;
+        }
         let mut spec = match m.job {
             Ok(s) => s,
             Err(reason) => {
@@ -119,6 +129,16 @@ pub async fn handle(
         spec.labels
             .entry("github.delivery".into())
             .or_insert_with(|| delivery.to_string());
+        if let Some(t) = &m.reply {
+            // Where the github function answers (decision 35).
+            spec.labels.insert(REPLY_LABEL.into(), "github".into());
+            spec.labels
+                .insert("github.repository".into(), t.repository.clone());
+            spec.labels.insert("github.issue".into(), t.issue.to_string());
+            if let Some(c) = t.comment_id {
+                spec.labels.insert("github.comment".into(), c.to_string());
+            }
+        }
         // Route only publishes the submission (`ce-id` = the job id from the idempotency
         // key): dispatch admits it on consume. Route's credential may not write the jobs
         // bucket (decision 16), so a stolen one cannot rewrite a job record.

@@ -82,6 +82,67 @@ struct RuleDoc {
     #[serde(rename = "match")]
     when: MatchDoc,
     job: Value,
+    #[serde(default)]
+    reply: Option<Reply>,
+    #[serde(default)]
+    guard: Option<GuardDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GuardDoc {
+    allowed_associations: Option<Vec<String>>,
+    command: Option<String>,
+    usage: Option<String>,
+}
+
+/// The `comment.author_association` values allowed by default: people with a say in
+/// the repository, never a drive-by commenter.
+pub const DEFAULT_ASSOCIATIONS: [&str; 3] = ["OWNER", "MEMBER", "COLLABORATOR"];
+
+/// A rule's `reply` section: how the github function answers on the issue or pull
+/// request the webhook came from.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reply {
+    /// At admission: `eyes` (default), `rocket`, `+1` (a reaction on the comment),
+    /// `comment` (a "started" comment) or `none`.
+    #[serde(default)]
+    pub acknowledge: Option<String>,
+    /// Comment template when the job succeeded.
+    #[serde(default)]
+    pub success: Option<String>,
+    /// Comment template for every other end.
+    #[serde(default)]
+    pub failure: Option<String>,
+}
+
+/// Where a reply goes: the issue or pull request (and the comment) of the event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyTarget {
+    /// `owner/name`.
+    pub repository: String,
+    /// The issue or pull request number.
+    pub issue: u64,
+    /// The triggering comment's id, if the event was a comment.
+    pub comment_id: Option<u64>,
+}
+
+impl ReplyTarget {
+    /// From a webhook payload: `repository.full_name` and `issue.number` or
+    /// `pull_request.number` (`None` if the event is on neither).
+    pub fn of(payload: &Value) -> Option<Self> {
+        let repository = payload.pointer("/repository/full_name")?.as_str()?.to_string();
+        let issue = payload
+            .pointer("/issue/number")
+            .or_else(|| payload.pointer("/pull_request/number"))
+            .and_then(Value::as_u64)?;
+        Some(Self {
+            repository,
+            issue,
+            comment_id: payload.pointer("/comment/id").and_then(Value::as_u64),
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +172,11 @@ pub struct Rule {
     labels: Vec<String>,
     comment: Option<Regex>,
     job: Value,
+    /// How to answer, if the rule declares it.
+    pub reply: Option<Reply>,
+    allowed: Vec<String>,
+    command: Option<Regex>,
+    usage: Option<String>,
 }
 
 /// A loaded, valid rules file.
@@ -125,8 +191,13 @@ pub struct Rules {
 pub struct Matched {
     /// The rule.
     pub rule: String,
-    /// The rendered job, or why it could not be rendered.
+    /// The rendered job, or why it could not be rendered (or was refused).
     pub job: Result<JobSpec, String>,
+    /// Set when a guardrail refused the event (the author's association, a malformed
+    /// command): no job, no dead letter, an answer if the rule has a `reply`.
+    pub refused: Option<String>,
+    /// Where to answer, when the rule has a `reply` and the event an issue or PR.
+    pub reply: Option<ReplyTarget>,
 }
 
 fn schema_validator() -> Result<&'static jsonschema::Validator, String> {
@@ -232,6 +303,35 @@ impl Rules {
                     format!("rule {}: job{p}: {e}", r.name),
                 )
             })?;
+            if let Some(reply) = &r.reply {
+                for (k, t) in [("success", &reply.success), ("failure", &reply.failure)] {
+                    if let Some(t) = t {
+                        template::Template::parse(t).map_err(|e| {
+                            err(
+                                RulesErrorKind::Template,
+                                at(&format!("/reply/{k}")),
+                                format!("rule {}: reply/{k}: {e}", r.name),
+                            )
+                        })?;
+                    }
+                }
+            }
+            let command = match r.guard.as_ref().and_then(|g| g.command.as_deref()) {
+                Some(re) => Some(Regex::new(re).map_err(|e| {
+                    err(
+                        RulesErrorKind::Regex,
+                        at("/guard/command"),
+                        format!("rule {}: bad command regex: {e}", r.name),
+                    )
+                })?),
+                None => None,
+            };
+            let allowed = r
+                .guard
+                .as_ref()
+                .and_then(|g| g.allowed_associations.clone())
+                .unwrap_or_else(|| DEFAULT_ASSOCIATIONS.iter().map(|s| s.to_string()).collect());
+            let usage = r.guard.as_ref().and_then(|g| g.usage.clone());
             let opt = |n: Option<Names>| n.map(Names::list).unwrap_or_default();
             rules.push(Rule {
                 name: r.name,
@@ -243,6 +343,10 @@ impl Rules {
                 labels: r.when.labels,
                 comment,
                 job: r.job,
+                reply: r.reply,
+                allowed,
+                command,
+                usage,
             });
         }
         Ok(Self { rules })
@@ -253,8 +357,20 @@ impl Rules {
         let facts = Facts::of(event, payload);
         self.rules
             .iter()
-            .filter_map(|r| r.captures(event, &facts).map(|c| (r, c)))
-            .map(|(r, captures)| {
+            .filter_map(|r| r.verdict(event, &facts, payload).map(|c| (r, c)))
+            .map(|(r, verdict)| {
+                let reply = r.reply.as_ref().and_then(|_| ReplyTarget::of(payload));
+                let captures = match verdict {
+                    Ok(c) => c,
+                    Err(why) => {
+                        return Matched {
+                            rule: r.name.clone(),
+                            job: Err(why.clone()),
+                            refused: Some(why),
+                            reply,
+                        };
+                    }
+                };
                 let ctx = json!({
                     "event": event,
                     "action": facts.action,
@@ -275,6 +391,8 @@ impl Rules {
                 Matched {
                     rule: r.name.clone(),
                     job,
+                    refused: None,
+                    reply,
                 }
             })
             .collect()
@@ -329,6 +447,61 @@ fn any_glob(patterns: &[String], value: Option<&str>) -> bool {
 }
 
 impl Rule {
+    /// `None`: the rule does not apply; `Some(Ok(captures))`: it matches;
+    /// `Some(Err(answer))`: it applies but a guardrail refuses (a malformed command, an
+    /// author without the required association).
+    fn verdict(
+        &self,
+        event: &str,
+        f: &Facts<'_>,
+        payload: &Value,
+    ) -> Option<Result<BTreeMap<String, String>, String>> {
+        let caps = match self.captures(event, f) {
+            Some(c) => c,
+            None => {
+                // Malformed: the base conditions hold, the command is there, its
+                // arguments are not what the rule needs.
+                let cmd = self.command.as_ref()?;
+                let body = f.comment?;
+                if !cmd.is_match(body) || !self.base(event, f) {
+                    return None;
+                }
+                return Some(Err(self
+                    .usage
+                    .clone()
+                    .unwrap_or_else(|| format!("malformed command for rule {}", self.name))));
+            }
+        };
+        if f.comment.is_some() {
+            let assoc = payload
+                .pointer("/comment/author_association")
+                .and_then(Value::as_str)
+                .unwrap_or("NONE");
+            if !self.allowed.iter().any(|a| a == assoc) {
+                let who = payload
+                    .pointer("/comment/user/login")
+                    .or_else(|| payload.pointer("/sender/login"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("someone");
+                return Some(Err(format!(
+                    "@{who} is not allowed to run `{}`: only {} may (your association with this repository is {assoc})",
+                    self.name,
+                    self.allowed.join(", ")
+                )));
+            }
+        }
+        Some(Ok(caps))
+    }
+
+    fn base(&self, event: &str, f: &Facts<'_>) -> bool {
+        self.events.iter().any(|e| glob(e, event))
+            && any_glob(&self.actions, f.action)
+            && any_glob(&self.repositories, f.repository)
+            && any_glob(&self.refs, f.git_ref)
+            && any_glob(&self.branches, f.branch.as_deref())
+            && self.labels.iter().all(|l| f.labels.contains(&l.as_str()))
+    }
+
     /// `Some(named captures)` if the rule matches.
     fn captures(&self, event: &str, f: &Facts<'_>) -> Option<BTreeMap<String, String>> {
         let ok = self.events.iter().any(|e| glob(e, event))

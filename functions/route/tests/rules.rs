@@ -38,7 +38,7 @@ fn the_bisect_rule_turns_a_comment_into_a_job_with_its_captures() {
     assert_eq!(spec.env["BAD"], "4f2a9c1");
     assert_eq!(spec.env["REPO"], "Codertocat/Hello-World");
     assert_eq!(spec.env["ISSUE"], p["issue"]["number"].to_string());
-    assert_eq!(spec.timeout_seconds, Some(3600));
+    assert_eq!(spec.timeout_seconds, Some(1800));
     // Other comments, actions and events do not match.
     assert!(
         rules
@@ -260,4 +260,55 @@ async fn route_submits_one_job_per_delivery_and_rule_even_when_redelivered() {
         .unwrap()
         .unwrap()
         .unwrap();
+}
+
+#[test]
+fn guardrails_refuse_strangers_and_malformed_commands_with_an_answer() {
+    let rules = Rules::load(Path::new(BISECT)).unwrap();
+    // A member: a job with a checkout of the bad revision and the reply labels' target.
+    let mut p = comment_payload("/bisect v1 main");
+    p["comment"]["author_association"] = "MEMBER".into();
+    let m = rules.evaluate("issue_comment", &p, "d-2");
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].refused, None);
+    let spec = m[0].job.clone().unwrap();
+    let c = spec.checkout.clone().unwrap();
+    assert_eq!(c.git_ref, "main");
+    assert_eq!(c.repo, p["repository"]["clone_url"].as_str().unwrap());
+    assert_eq!(spec.timeout_seconds, Some(1800));
+    let t = m[0].reply.clone().unwrap();
+    assert_eq!(t.repository, p["repository"]["full_name"].as_str().unwrap());
+    assert_eq!(t.issue, p["issue"]["number"].as_u64().unwrap());
+    assert_eq!(t.comment_id, p["comment"]["id"].as_u64());
+
+    // Not a member: refused, with who may.
+    for assoc in ["NONE", "CONTRIBUTOR", "FIRST_TIME_CONTRIBUTOR"] {
+        p["comment"]["author_association"] = assoc.into();
+        let m = rules.evaluate("issue_comment", &p, "d-3");
+        let why = m[0].refused.clone().unwrap_or_default();
+        assert!(
+            why.contains("OWNER, MEMBER, COLLABORATOR") && why.contains(assoc),
+            "{why}"
+        );
+        assert!(m[0].job.is_err());
+    }
+    // Malformed: the usage.
+    let mut p = comment_payload("/bisect onlyone");
+    p["comment"]["author_association"] = "OWNER".into();
+    let m = rules.evaluate("issue_comment", &p, "d-4");
+    assert_eq!(m.len(), 1);
+    assert!(
+        m[0].refused.as_deref().unwrap().starts_with("Usage: `/bisect"),
+        "{m:?}"
+    );
+    // Shell in an argument does not even match (the capture allows ref characters only).
+    let p = comment_payload("/bisect $(id) main");
+    let m = rules.evaluate("issue_comment", &p, "d-5");
+    assert!(m[0].refused.as_deref().unwrap().starts_with("Usage"), "{m:?}");
+    // Not the command at all: nothing.
+    assert!(
+        rules
+            .evaluate("issue_comment", &comment_payload("thanks!"), "d-6")
+            .is_empty()
+    );
 }

@@ -17,6 +17,12 @@
 //!   followed, no proxy is used, the time is bounded by `callback_timeout` and at most
 //!   [`MAX_RESPONSE_BODY`] bytes of the answer are read.
 //!
+//! Each callback is sent inside its own span (a child of the consumer span that continues
+//! the job's trace: `otel.kind` client for HTTP, producer for NATS), and carries that
+//! span's W3C context: `traceparent`/`tracestate` request headers on an HTTP POST, the
+//! same NATS headers on a NATS callback (replacing those of the state change). Without
+//! span export, the state change's own context is passed on unchanged.
+//!
 //! A refused callback is dead-lettered as [`REFUSED`] and never sent or retried; the job
 //! itself is unchanged (it is already terminal). Transient failures are retried up to
 //! `callback_max_deliveries`, then dead-lettered as `callback_failed`.
@@ -30,7 +36,7 @@ use jetrun_core::callback::{self as rules, CallbackError, Cidr};
 use jetrun_core::job::Callback;
 use jetrun_host::{HandlerError, Incoming};
 use jetrun_nats::store::StateChange;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
 
 use crate::{Config, Settle, transient};
 
@@ -157,6 +163,21 @@ impl Delivery {
     }
 }
 
+/// W3C `traceparent` header name (sent on HTTP and NATS callbacks).
+pub const TRACEPARENT: &str = "traceparent";
+/// W3C `tracestate` header name.
+pub const TRACESTATE: &str = "tracestate";
+
+/// The trace context a callback carries: the current (callback) span's, else the state
+/// change's own (when spans are not exported), else none.
+fn callback_trace(msg: &Incoming) -> Option<jetrun_telemetry::TraceContext> {
+    let env = msg.envelope.as_ref().ok();
+    jetrun_telemetry::outgoing(
+        env.and_then(|e| e.traceparent.as_deref()),
+        env.and_then(|e| e.tracestate.as_deref()),
+    )
+}
+
 /// The refusal inside a client error, if the guarded resolver refused the address.
 fn refusal_in(e: &reqwest::Error) -> Option<&CallbackError> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
@@ -204,27 +225,71 @@ impl Settle {
         // fails here.
         rules::check(spec, &self.inner.config.callback_subject_root, ctx.names.prefix())
             .map_err(|e| refused(&change.job_id, &e))?;
+        let tenant = spec.tenant.as_deref().unwrap_or("");
         match cb {
             Callback::Nats(subject) => {
-                let mut h = async_nats::HeaderMap::new();
-                if let Some(orig) = msg.message.headers.as_ref() {
-                    for (k, v) in orig.iter() {
-                        if let Some(v) = v.first()
-                            && !k.to_string().starts_with("Nats-")
-                        {
-                            h.insert(k.as_ref(), v.as_str());
+                let span = tracing::info_span!(
+                    "callback",
+                    otel.kind = "producer",
+                    otel.name = "send callback",
+                    messaging.system = "nats",
+                    messaging.destination.name = %subject,
+                    messaging.operation.type = "send",
+                    messaging.operation.name = "publish",
+                    jetrun.job_id = %change.job_id,
+                    jetrun.queue = %change.queue,
+                    jetrun.attempt = change.attempt,
+                    jetrun.tenant = %tenant,
+                );
+                async {
+                    let trace = callback_trace(&msg);
+                    let mut h = async_nats::HeaderMap::new();
+                    if let Some(orig) = msg.message.headers.as_ref() {
+                        for (k, v) in orig.iter() {
+                            let name = k.to_string();
+                            // The trace headers are this span's, set below.
+                            if let Some(v) = v.first()
+                                && !name.starts_with("Nats-")
+                                && !name.eq_ignore_ascii_case(TRACEPARENT)
+                                && !name.eq_ignore_ascii_case(TRACESTATE)
+                            {
+                                h.insert(k.as_ref(), v.as_str());
+                            }
                         }
                     }
+                    if let Some(t) = trace {
+                        h.insert(TRACEPARENT, t.traceparent.as_str());
+                        if let Some(ts) = &t.tracestate {
+                            h.insert(TRACESTATE, ts.as_str());
+                        }
+                    }
+                    ctx.client
+                        .publish_with_headers(subject.clone(), h, msg.payload.clone())
+                        .await
+                        .map_err(transient)?;
+                    ctx.client.flush().await.map_err(transient)?;
+                    debug!(job_id = %change.job_id, subject = %subject, "callback published");
+                    Ok(())
                 }
-                ctx.client
-                    .publish_with_headers(subject.clone(), h, msg.payload.clone())
-                    .await
-                    .map_err(transient)?;
-                ctx.client.flush().await.map_err(transient)?;
-                debug!(job_id = %change.job_id, subject = %subject, "callback published");
-                Ok(())
+                .instrument(span)
+                .await
             }
-            Callback::Http(url) => self.post(&msg, &change.job_id, url).await,
+            Callback::Http(url) => {
+                let span = tracing::info_span!(
+                    "callback",
+                    otel.kind = "client",
+                    otel.name = "POST",
+                    http.request.method = "POST",
+                    server.address = tracing::field::Empty,
+                    server.port = tracing::field::Empty,
+                    http.response.status_code = tracing::field::Empty,
+                    jetrun.job_id = %change.job_id,
+                    jetrun.queue = %change.queue,
+                    jetrun.attempt = change.attempt,
+                    jetrun.tenant = %tenant,
+                );
+                self.post(&msg, &change.job_id, url).instrument(span).await
+            }
         }
     }
 
@@ -256,14 +321,27 @@ impl Settle {
             .map_err(|e| HandlerError::permanent("callback_failed", format!("no HTTP client: {e}")))?;
         let ce_type = msg.envelope.as_ref().map(|e| e.ty.clone()).unwrap_or_default();
         let ce_id = msg.envelope.as_ref().map(|e| e.id.clone()).unwrap_or_default();
-        let request = client
+        let span = tracing::Span::current();
+        if let Some(h) = url.host_str() {
+            span.record("server.address", h);
+        }
+        if let Some(p) = url.port_or_known_default() {
+            span.record("server.port", p);
+        }
+        let mut request = client
             .post(url)
             .header("content-type", "application/json")
             .header(SIGNATURE_HEADER, sign(secret.as_bytes(), &msg.payload))
             .header("X-Jetrun-Event", ce_type)
-            .header("X-Jetrun-Delivery", ce_id)
-            .body(msg.payload.clone())
-            .send();
+            .header("X-Jetrun-Delivery", ce_id);
+        // Both values are checked W3C (lowercase hex, printable ASCII): valid header values.
+        if let Some(t) = callback_trace(msg) {
+            request = request.header(TRACEPARENT, t.traceparent);
+            if let Some(ts) = t.tracestate {
+                request = request.header(TRACESTATE, ts);
+            }
+        }
+        let request = request.body(msg.payload.clone()).send();
         // The client's own timeout covers the exchange; this one also bounds the body read.
         let res = tokio::time::timeout(config.callback_timeout, async {
             let r = request.await?;
@@ -305,6 +383,7 @@ impl Settle {
             }
             Ok(Ok(x)) => x,
         };
+        span.record("http.response.status_code", status.as_u16());
         if status.is_success() {
             debug!(job_id, status = %status, "callback delivered");
             return Ok(());

@@ -3,7 +3,7 @@
 //! A task event is applied only if its `ce-type` is the task lifecycle type, its subject
 //! is `<prefix>.task.<phase>.<job_id>` for the body's phase and job, its `node_id` is the
 //! node the record placed the attempt on, and its `Jetrun-Task-Signature` verifies with
-//! the attempt's key (see `jetrun_agent::signing`). Events of another attempt or of a
+//! the attempt's key (see `jetrun_node::signing`). Events of another attempt or of a
 //! job that moved on stay stale and are ignored, as before. Anything else is refused:
 //! dead-lettered with `reason_kind: forged_task_event`, nothing changes.
 
@@ -76,6 +76,6 @@ pub(crate) fn check_attempt(rec: &JobRecord, proof: &Proof<'_>, ev: &TaskEvent) 
         ));
     };
     let ce_type = proof.ce_type.unwrap_or_default();
-    jetrun_agent::signing::verify(key, proof.signature, ce_type, proof.subject, proof.body)
+    jetrun_node::signing::verify(key, proof.signature, ce_type, proof.subject, proof.body)
         .map_err(|e| format!("attempt {}: {e}", rec.attempt))
 }

@@ -89,6 +89,16 @@ impl Rig {
     /// Publishes the terminal state change of a job with `spec` on the callback subject,
     /// as the store does when such a job ends. Returns the job id.
     async fn finish(&self, spec: JobSpec) -> String {
+        self.finish_traced(spec, None, None).await
+    }
+
+    /// [`Rig::finish`] with the W3C context the store's publish carried.
+    async fn finish_traced(
+        &self,
+        spec: JobSpec,
+        traceparent: Option<&str>,
+        tracestate: Option<&str>,
+    ) -> String {
         let id = uuid::Uuid::now_v7().to_string();
         let mut rec = JobRecord::new(id.clone(), spec, None, None);
         rec.status = JobStatus::Succeeded;
@@ -109,7 +119,8 @@ impl Rig {
             .publisher
             .envelope(types::JOB_STATE_CHANGED)
             .with_id(format!("{id}.3.callback"))
-            .with_subject(id.clone());
+            .with_subject(id.clone())
+            .with_trace(traceparent.map(str::to_string), tracestate.map(str::to_string));
         self.publisher
             .send_raw(
                 self.names.job_callback(&rec.queue, &id),
@@ -564,4 +575,87 @@ async fn a_huge_or_endless_answer_is_read_only_up_to_the_limit() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     rig.assert_no_dead_letter(&id).await;
     assert_eq!(l.requests().len(), 1, "the delivery was retried");
+}
+
+/// The value of header `name` in a request head.
+fn header(head: &str, name: &str) -> Option<String> {
+    let prefix = format!("{}:", name.to_ascii_lowercase());
+    head.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .starts_with(&prefix)
+            .then(|| l[prefix.len()..].trim().to_string())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn callbacks_carry_the_callback_span_as_a_child_of_the_job_trace() {
+    // Spans are recorded and exported for real, to a local OTLP/HTTP listener.
+    let otlp = listen(OK.into()).await;
+    let endpoint = format!("http://127.0.0.1:{}", otlp.port);
+    let cfg = jetrun_telemetry::OtelConfig::from_lookup(
+        |k| (k == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| endpoint.clone()),
+        "settle-test",
+    )
+    .unwrap()
+    .unwrap();
+    let guard = jetrun_telemetry::init_with("text", Some(cfg));
+    assert!(guard.exporting());
+    let rig = rig(Config {
+        callback_allow_hosts: vec!["127.0.0.1/32".into()],
+        ..Config::default()
+    })
+    .await;
+    // The context the job's state change was published with.
+    const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    const PARENT: &str = "00f067aa0ba902b7";
+    let job_tp = format!("00-{TRACE}-{PARENT}-01");
+    let state = "vendor=x,other=y";
+
+    let l = listen(OK.into()).await;
+    let url = format!("http://127.0.0.1:{}/hook", l.port);
+    rig.finish_traced(spec("mallory", Callback::Http(url)), Some(&job_tp), Some(state))
+        .await;
+    let (head, _) = l.wait_request(Duration::from_secs(10)).await;
+    let tp = header(&head, "traceparent").unwrap_or_else(|| panic!("no traceparent: {head}"));
+    let http = jetrun_telemetry::TraceParent::parse(&tp).unwrap_or_else(|| panic!("not W3C: {tp}"));
+    assert_eq!(http.trace_id_hex(), TRACE, "{tp}");
+    assert_ne!(http.parent_id_hex(), PARENT, "not a child span: {tp}");
+    assert!(http.sampled(), "{tp}");
+    assert_eq!(header(&head, "tracestate").as_deref(), Some(state), "{head}");
+
+    // A NATS callback: the same, as message headers (the state change's own are replaced).
+    let mut sub = rig.client.subscribe("callbacks.mallory.traced").await.unwrap();
+    rig.client.flush().await.unwrap();
+    rig.finish_traced(
+        spec("mallory", Callback::Nats("callbacks.mallory.traced".into())),
+        Some(&job_tp),
+        Some(state),
+    )
+    .await;
+    let m = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("the NATS callback")
+        .unwrap();
+    let h = m.headers.expect("headers");
+    let values: Vec<String> = h.get_all("traceparent").map(|v| v.as_str().to_string()).collect();
+    assert_eq!(values.len(), 1, "one traceparent: {values:?}");
+    let nats = jetrun_telemetry::TraceParent::parse(&values[0]).unwrap();
+    assert_eq!(nats.trace_id_hex(), TRACE);
+    assert_ne!(nats.parent_id_hex(), PARENT);
+    assert_ne!(nats.parent_id, http.parent_id, "each callback has its own span");
+    assert_eq!(h.get("tracestate").map(|v| v.as_str()), Some(state));
+
+    // The ids in the headers are spans that were really exported (their 8 bytes are in an
+    // OTLP request body), not ids made up for the header.
+    drop(guard);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let bodies: Vec<Vec<u8>> = otlp.requests().into_iter().map(|(_, b)| b).collect();
+        let has = |id: &[u8; 8]| bodies.iter().any(|b| b.windows(8).any(|w| w == id));
+        if has(&http.parent_id) && has(&nats.parent_id) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "callback spans not exported");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -119,7 +119,7 @@ async fn a_forged_final_event_neither_counts_nor_hides_the_real_one() {
     let r = rig().await;
     let (_, key) = running(&r, "j-real").await;
     // The real end (signed by the node), then a forgery on the same subject.
-    jetrun_agent::publish_task_event(&r.publisher, &r.names, &exited("j-real", 3), None, Some(&key))
+    jetrun_node::publish_task_event(&r.publisher, &r.names, &exited("j-real", 3), None, Some(&key))
         .await
         .unwrap();
     forge(&r, "j-real").await;
@@ -141,4 +141,73 @@ async fn a_forged_final_event_neither_counts_nor_hides_the_real_one() {
     let rec = r.store.get("j-forged").await.unwrap().unwrap().0;
     assert_eq!((rec.status, rec.attempt), (JobStatus::Queued, 2), "{rec:?}");
     assert_eq!(rec.error.unwrap().kind, "lease_expired");
+}
+
+/// The job's last state-change event on `<prefix>.job.event.<queue>.<id>`.
+async fn last_change(r: &Rig, id: &str) -> jetrun_nats::store::StateChange {
+    let stream = r.js.get_stream(r.names.stream_job_events()).await.unwrap();
+    let m = stream
+        .direct_get_last_for_subject(r.names.job_event("q", id))
+        .await
+        .unwrap();
+    serde_json::from_slice(&m.payload).unwrap()
+}
+
+#[tokio::test]
+async fn an_exit_with_a_result_puts_it_in_the_record_and_its_event() {
+    let r = rig().await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running_settle = tokio::spawn(r.settle.clone().run(shutdown.clone()));
+
+    // Exit 0 with a result: succeeded, the result in the record and in the event.
+    let (_, key) = running(&r, "j-result").await;
+    let mut ev = exited("j-result", 0);
+    let mut result = serde_json::Map::new();
+    result.insert("coverage".into(), serde_json::json!(0.93));
+    ev.result = Some(result.clone());
+    jetrun_node::publish_task_event(&r.publisher, &r.names, &ev, None, Some(&key))
+        .await
+        .unwrap();
+    // Exit 2 with a refused result: failed by its exit code, the refusal recorded.
+    let (_, key) = running(&r, "j-refused").await;
+    let mut ev = exited("j-refused", 2);
+    ev.result_error = Some("result is 70000 bytes, more than 65536".into());
+    jetrun_node::publish_task_event(&r.publisher, &r.names, &ev, None, Some(&key))
+        .await
+        .unwrap();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (ok, refused) = loop {
+        let ok = r.store.get("j-result").await.unwrap().unwrap().0;
+        let refused = r.store.get("j-refused").await.unwrap().unwrap().0;
+        if ok.status.is_terminal() && refused.status.is_terminal() {
+            break (ok, refused);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not settled: {ok:?} {refused:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(ok.status, JobStatus::Succeeded);
+    assert_eq!(ok.result.as_ref(), Some(&result));
+    assert_eq!(ok.result_error, None);
+    let json = serde_json::to_value(&ok).unwrap();
+    assert_eq!(json["result"]["coverage"], 0.93, "the record's JSON carries it");
+    let change = last_change(&r, "j-result").await;
+    assert_eq!(change.to, JobStatus::Succeeded);
+    assert_eq!(change.record.result.as_ref(), Some(&result));
+
+    assert_eq!((refused.status, refused.exit_code), (JobStatus::Failed, Some(2)));
+    assert_eq!(refused.error.as_ref().unwrap().kind, "exit_code");
+    assert_eq!(refused.result, None);
+    assert_eq!(
+        refused.result_error.as_deref(),
+        Some("result is 70000 bytes, more than 65536")
+    );
+    let change = last_change(&r, "j-refused").await;
+    assert_eq!(change.record.result_error, refused.result_error);
+
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), running_settle).await;
 }

@@ -21,11 +21,15 @@ locals {
     JETRUN_PREFIX     = var.prefix
     JETRUN_LOG_FORMAT = "json"
   }
+  # jetrun's own metrics as CloudWatch EMF lines on stdout (the awslogs driver and Lambda
+  # turn them into metrics of the namespace `jetrun`: the observability module's
+  # dashboard and alarms read them).
+  metrics_env = { JETRUN_METRICS_EMF = "stdout" }
   # The long-running functions get the NATS URLs through terraform_data.init, so they are
   # created only after `jetrun init` succeeded (route and worker exit when their streams
   # do not exist yet, and repeated failures would trip the ECS deployment circuit breaker).
   nats_url_after_init = var.run_init_on_apply ? terraform_data.init[0].output : module.nats.nats_urls
-  common_env          = merge(local.base_env, { JETRUN_NATS_URL = local.nats_url_after_init })
+  common_env          = merge(local.base_env, local.metrics_env, { JETRUN_NATS_URL = local.nats_url_after_init })
   worker_secrets      = var.callback_secret_arn == null ? {} : { JETRUN_CALLBACK_SECRET = var.callback_secret_arn }
   tags                = merge(var.tags, { "jetrun:deployment" = var.name })
 
@@ -43,6 +47,7 @@ locals {
     security_groups         = [module.job_tasks.security_group_id]
     offline_security_groups = [module.job_tasks.offline_security_group_id]
     assign_public_ip        = false
+    logs                    = { group = module.job_tasks.log_group_name, stream_prefix = module.job_tasks.log_stream_prefix }
     pacer                   = { capacity = var.job_launch_burst, refill_per_second = var.job_launch_rate, shared_bucket = "${var.prefix}-ecs-pacer" }
   })
 
@@ -267,7 +272,7 @@ module "ingest" {
   name                           = "${var.name}-ingest"
   image_uri                      = var.image
   nats_url                       = local.nats_url_after_init
-  environment                    = { JETRUN_PREFIX = var.prefix }
+  environment                    = merge(local.metrics_env, { JETRUN_PREFIX = var.prefix })
   reserved_concurrent_executions = var.lambda_reserved_concurrency
   secret_arns = {
     JETRUN_GITHUB_WEBHOOK_SECRET = var.github_webhook_secret_arn
@@ -292,6 +297,7 @@ module "ecs_bridge" {
   ecs_cluster_name     = module.job_tasks.cluster_name
   deployment           = var.name
   task_state_rule_name = module.job_tasks.task_state_rule_name
+  task_state_rule_arn  = module.job_tasks.task_state_rule_arn
   ecs_policy_json      = module.job_tasks.bridge_policy_json
   kms_key_arn          = var.kms_key_arn
   subnet_ids           = var.private_subnet_ids
@@ -316,5 +322,8 @@ module "observability" {
   http_apis        = { ingest = module.ingest.api_id }
   nats_instances   = module.nats.instance_ids
   sns_topic_arn    = var.alarm_sns_topic_arn
-  tags             = local.tags
+  # jetrun's own metrics (EMF, local.metrics_env): dashboard widgets and alarms.
+  jetrun_metrics                   = true
+  queue_wait_p99_threshold_seconds = var.alarm_queue_wait_p99_seconds
+  tags                             = local.tags
 }

@@ -208,6 +208,12 @@ variable "alarm_sns_topic_arn" {
   default     = null
 }
 
+variable "alarm_queue_wait_p99_seconds" {
+  description = "p99 of submit-to-start (seconds, all queues) above which the queue-wait alarm fires."
+  type        = number
+  default     = 300
+}
+
 variable "log_retention_days" {
   description = "Days CloudWatch keeps the logs of every jetrun component."
   type        = number

@@ -55,7 +55,7 @@ data "aws_iam_policy_document" "dlq" {
     condition {
       test     = "ArnEquals"
       variable = "aws:SourceArn"
-      values   = [data.aws_cloudwatch_event_rule.task_state.arn, aws_cloudwatch_event_rule.reconcile.arn]
+      values   = [var.task_state_rule_arn, aws_cloudwatch_event_rule.reconcile.arn]
     }
   }
 }
@@ -113,6 +113,11 @@ resource "aws_iam_role_policy" "ecs" {
 
 # ---- Function ---------------------------------------------------------------------------
 
+resource "aws_iam_role_policy_attachment" "xray" {
+  role       = aws_iam_role.function.name
+  policy_arn = "arn:${data.aws_partition.current.partition}:iam::aws:policy/AWSXRayDaemonWriteAccess"
+}
+
 resource "aws_lambda_function" "this" {
   function_name = var.name
   description   = "jetrun ecs-bridge: ECS task state changes to signed jetrun task events"
@@ -145,6 +150,11 @@ resource "aws_lambda_function" "this" {
     target_arn = aws_sqs_queue.dlq.arn
   }
 
+  # X-Ray active tracing (docs/observability.md); aws_iam_role_policy_attachment.xray lets it write.
+  tracing_config {
+    mode = "Active"
+  }
+
   tags = local.tags
 
   depends_on = [
@@ -168,10 +178,6 @@ resource "aws_lambda_function_event_invoke_config" "this" {
 
 # ---- Triggers ---------------------------------------------------------------------------
 
-data "aws_cloudwatch_event_rule" "task_state" {
-  name = var.task_state_rule_name
-}
-
 resource "aws_cloudwatch_event_target" "task_state" {
   rule      = var.task_state_rule_name
   target_id = "jetrun-ecs-bridge"
@@ -192,7 +198,7 @@ resource "aws_lambda_permission" "task_state" {
   action        = "lambda:InvokeFunction"
   function_name = aws_lambda_function.this.function_name
   principal     = "events.amazonaws.com"
-  source_arn    = data.aws_cloudwatch_event_rule.task_state.arn
+  source_arn    = var.task_state_rule_arn
 }
 
 resource "aws_cloudwatch_event_rule" "reconcile" {

@@ -47,6 +47,11 @@ variable "job_container_name" {
   default     = "job"
 }
 
+variable "task_state_rule_arn" {
+  description = "The ARN of that rule (job-tasks' task_state_rule_arn): the invoke permission and the dead-letter queue policy name it. (The AWS provider has no data source for a rule, so it is passed in.)"
+  type        = string
+}
+
 variable "task_state_rule_name" {
   description = "The EventBridge rule of the job cluster's ECS Task State Change events (job-tasks' task_state_rule_name); this function becomes its target."
   type        = string

@@ -71,6 +71,17 @@ resource "aws_iam_role_policy_attachment" "vpc_access" {
   policy_arn = "arn:${data.aws_partition.current.partition}:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole"
 }
 
+# X-Ray: the Lambda service sends the invocation's segment; jetrun continues that trace
+# (_X_AMZN_TRACE_ID) and, with an OTLP endpoint set (e.g. the ADOT collector layer),
+# exports its own spans into it. PutTraceSegments and PutTelemetryRecords (and the
+# sampling-rule reads the SDKs and the ADOT collector make).
+resource "aws_iam_role_policy_attachment" "xray" {
+  count = var.tracing_mode == "Active" ? 1 : 0
+
+  role       = aws_iam_role.function.name
+  policy_arn = "arn:${data.aws_partition.current.partition}:iam::aws:policy/AWSXRayDaemonWriteAccess"
+}
+
 # ---- Function ---------------------------------------------------------------------------
 
 resource "aws_lambda_function" "this" {
@@ -97,6 +108,10 @@ resource "aws_lambda_function" "this" {
 
   environment {
     variables = local.environment
+  }
+
+  tracing_config {
+    mode = var.tracing_mode
   }
 
   tags = local.tags

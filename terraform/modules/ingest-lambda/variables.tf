@@ -146,6 +146,17 @@ variable "log_kms_key_arn" {
   default     = null
 }
 
+variable "tracing_mode" {
+  description = "X-Ray tracing of the function: Active (Lambda samples and records each invocation; jetrun's spans continue that trace) or PassThrough (only requests that arrive with a sampled X-Ray header are traced)."
+  type        = string
+  default     = "Active"
+
+  validation {
+    condition     = contains(["Active", "PassThrough"], var.tracing_mode)
+    error_message = "tracing_mode must be Active or PassThrough."
+  }
+}
+
 variable "tags" {
   description = "Tags added to every resource of the module."
   type        = map(string)

@@ -22,6 +22,9 @@ locals {
   task_definition_arn_pattern    = "arn:${local.partition}:ecs:${local.region}:${local.account_id}:task-definition/${local.family_prefix}*"
   container_instance_arn_pattern = "arn:${local.partition}:ecs:${local.region}:${local.account_id}:container-instance/${var.name}/*"
 
+  # awslogs streams are `<prefix>/<container>/<task id>`; the ECS runner's `logs` config.
+  log_stream_prefix = "job"
+
   tags = merge(var.tags, { "jetrun:component" = "job-tasks" })
 }
 
@@ -198,6 +201,14 @@ data "aws_iam_policy_document" "worker" {
     }
   }
 
+  # `jetrun jobs logs` and job results (the last `jetrun-result: ` line) read the job
+  # tasks' awslogs streams; nothing else of CloudWatch Logs.
+  statement {
+    sid       = "ReadJobTaskLogs"
+    actions   = ["logs:GetLogEvents"]
+    resources = ["${aws_cloudwatch_log_group.jobs.arn}:log-stream:*"]
+  }
+
   statement {
     sid       = "PassJobTaskRoles"
     actions   = ["iam:PassRole"]
@@ -259,7 +270,7 @@ resource "aws_ecs_task_definition" "default" {
       options = {
         awslogs-group         = aws_cloudwatch_log_group.jobs.name
         awslogs-region        = local.region
-        awslogs-stream-prefix = "job"
+        awslogs-stream-prefix = local.log_stream_prefix
       }
     }
   }])

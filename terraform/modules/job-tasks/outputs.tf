@@ -33,8 +33,13 @@ output "log_group_name" {
   value       = aws_cloudwatch_log_group.jobs.name
 }
 
+output "log_stream_prefix" {
+  description = "awslogs-stream-prefix of the job task definitions (the ECS runner's logs.stream_prefix, with logs.group = log_group_name)."
+  value       = local.log_stream_prefix
+}
+
 output "worker_policy_json" {
-  description = "IAM policy for the worker's task role: ecs:RunTask on the job task definitions, ListTasks, DescribeTasks, StopTask and TagResource in this cluster, iam:PassRole of the two job roles to ECS."
+  description = "IAM policy for the worker's task role: ecs:RunTask on the job task definitions, ListTasks, DescribeTasks, StopTask and TagResource in this cluster, logs:GetLogEvents on the job log group, iam:PassRole of the two job roles to ECS."
   value       = data.aws_iam_policy_document.worker.json
 }
 

@@ -183,7 +183,7 @@ variable "prefix" {
 }
 
 variable "auth_secret_arn" {
-  description = "Secrets Manager secret (JSON object {\"ingest\":\"...\",\"route\":\"...\",\"worker\":\"...\",\"autoscale\":\"...\",\"bridge\":\"...\",\"operator\":\"...\"}, every key required) with the passwords of the per-function NATS users of infra/nats/accounts.conf. null: no NATS authentication, access is limited by the security group only. jetrun sends credentials from JETRUN_NATS_USER and JETRUN_NATS_PASSWORD; give each service its user and password when this is set (see docs/deploy-aws.md)."
+  description = "Secrets Manager secret (JSON object {\"ingest\":\"...\",\"route\":\"...\",\"worker\":\"...\",\"autoscale\":\"...\",\"bridge\":\"...\",\"github\":\"...\",\"operator\":\"...\"}, every key required) with the passwords of the per-function NATS users of infra/nats/accounts.conf. null: no NATS authentication, access is limited by the security group only. jetrun sends credentials from JETRUN_NATS_USER and JETRUN_NATS_PASSWORD; give each service its user and password when this is set (see docs/deploy-aws.md)."
   type        = string
   default     = null
 }

@@ -1,4 +1,5 @@
-# CloudWatch dashboard and alarms for a jetrun deployment: CPU and memory of the jetrun
+# CloudWatch dashboard and alarms for a jetrun deployment: jetrun's own metrics (queues,
+# jobs, dead letters, webhooks, replicas; jetrun.tf), CPU and memory of the jetrun
 # ECS services, errors and throttles of the ingest Lambda, 5xx answers of the HTTP API
 # (or an ALB), and the EC2 status checks of the NATS nodes. Alarms notify an SNS topic.
 #
@@ -262,7 +263,7 @@ resource "aws_cloudwatch_metric_alarm" "nats_status_check" {
 resource "aws_cloudwatch_dashboard" "this" {
   dashboard_name = var.name
   dashboard_body = jsonencode({
-    widgets = length(local.widgets) > 0 ? local.widgets : [{
+    widgets = length(concat(local.jetrun_widgets, local.widgets)) > 0 ? concat(local.jetrun_widgets, local.widgets) : [{
       type       = "text"
       width      = 24
       height     = 2

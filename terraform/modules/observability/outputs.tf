@@ -16,5 +16,14 @@ output "alarm_names" {
     [for alarm in aws_cloudwatch_metric_alarm.http_api_5xx : alarm.alarm_name],
     [for alarm in aws_cloudwatch_metric_alarm.alb_5xx : alarm.alarm_name],
     [for alarm in aws_cloudwatch_metric_alarm.nats_status_check : alarm.alarm_name],
+    [for alarm in concat(
+      aws_cloudwatch_metric_alarm.dead_letters,
+      aws_cloudwatch_metric_alarm.queue_wait_p99,
+      aws_cloudwatch_metric_alarm.backlog_age,
+      aws_cloudwatch_metric_alarm.failure_rate,
+      aws_cloudwatch_metric_alarm.ingest_5xx,
+      aws_cloudwatch_metric_alarm.bad_signatures,
+      aws_cloudwatch_metric_alarm.no_webhooks,
+    ) : alarm.alarm_name],
   )
 }

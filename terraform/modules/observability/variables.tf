@@ -118,3 +118,59 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "jetrun_metrics" {
+  description = "Add the dashboard widgets and alarms of jetrun's own metrics (namespace jetrun): the services must write EMF lines (JETRUN_METRICS_EMF=stdout), as terraform/examples/complete sets."
+  type        = bool
+  default     = true
+}
+
+variable "queue_wait_p99_threshold_seconds" {
+  description = "p99 of submit-to-start (seconds, over every queue) above which the queue-wait alarm fires."
+  type        = number
+  default     = 300
+
+  validation {
+    condition     = var.queue_wait_p99_threshold_seconds > 0
+    error_message = "queue_wait_p99_threshold_seconds must be positive."
+  }
+}
+
+variable "backlog_age_threshold_seconds" {
+  description = "Age (seconds) of the oldest submission still waiting in any queue above which the backlog alarm fires."
+  type        = number
+  default     = 900
+
+  validation {
+    condition     = var.backlog_age_threshold_seconds > 0
+    error_message = "backlog_age_threshold_seconds must be positive."
+  }
+}
+
+variable "failure_rate_threshold_percent" {
+  description = "Percentage of finished jobs that failed or timed out (all queues, per period) above which the failure-rate alarm fires."
+  type        = number
+  default     = 20
+
+  validation {
+    condition     = var.failure_rate_threshold_percent > 0 && var.failure_rate_threshold_percent <= 100
+    error_message = "failure_rate_threshold_percent must be in (0, 100]."
+  }
+}
+
+variable "bad_signature_threshold" {
+  description = "Webhook deliveries with a bad signature in 5 minutes that raise the alarm."
+  type        = number
+  default     = 10
+}
+
+variable "no_webhooks_alarm_hours" {
+  description = "Alarm when no webhook delivery was accepted for this many hours. null: no such alarm (a quiet repository is not an incident everywhere)."
+  type        = number
+  default     = null
+
+  validation {
+    condition     = var.no_webhooks_alarm_hours == null || try(var.no_webhooks_alarm_hours >= 1 && var.no_webhooks_alarm_hours <= 24, false)
+    error_message = "no_webhooks_alarm_hours must be null or 1 to 24."
+  }
+}

@@ -53,7 +53,31 @@ pub struct Args {
     pub lifecycle: crate::cmd::worker::LifecycleArgs,
     #[command(flatten)]
     pub metrics: crate::cmd::top::MetricsArgs,
+    #[command(flatten)]
+    pub github: GithubArgs,
     // <<< more dev flags from functions: keep this marker >>>
+}
+
+/// The github function in dev: answers for rules with a `reply` (runs with `--rules`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct GithubArgs {
+    /// GitHub REST API base URL (GitHub Enterprise: `https://<host>/api/v3`; the bisect
+    /// demo: its local stand-in).
+    #[arg(long, env = "JETRUN_GITHUB_API_URL", default_value = "https://api.github.com")]
+    pub github_api_url: String,
+    /// File holding the GitHub token (else `JETRUN_GITHUB_TOKEN`).
+    #[arg(long, env = "JETRUN_GITHUB_TOKEN_FILE")]
+    pub github_token_file: Option<PathBuf>,
+    /// The jetrun API's address as GitHub users should see it, for logs links (default:
+    /// `http://<--http>`).
+    #[arg(long, env = "JETRUN_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Attempts per GitHub call.
+    #[arg(long, env = "JETRUN_GITHUB_ATTEMPTS", default_value_t = 6)]
+    pub github_attempts: u32,
+    /// Longest wait between two GitHub attempts (also caps `Retry-After`).
+    #[arg(long, env = "JETRUN_GITHUB_MAX_WAIT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub github_max_wait: Duration,
 }
 
 pub use super::supervise::Component;
@@ -132,7 +156,7 @@ async fn run_pipeline(
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    for r in topo.apply(&js).await? {
+    for r in crate::cmd::init::provision(&js, &topo).await? {
         match &r.warning {
             Some(w) => {
                 tracing::warn!(kind = r.kind, name = %r.name, change = ?r.change, warning = %w, "topology")
@@ -158,6 +182,22 @@ async fn run_pipeline(
         crate::cmd::worker::components(&ctx, &lifecycle, &a.data_dir, &a.queues, shutdown.clone()).await?,
     );
     components.extend(a.metrics.start(&ctx, shutdown.clone()).await?);
+    if a.ingest.rules.is_some() {
+        let cfg = jetrun_github::Config {
+            rules_file: a.ingest.rules.clone(),
+            api_url: a.github.github_api_url.clone(),
+            token_file: a.github.github_token_file.clone(),
+            public_url: a.github.public_url.clone().unwrap_or_else(|| http_url.clone()),
+            attempts: a.github.github_attempts,
+            max_wait: a.github.github_max_wait,
+            ..Default::default()
+        };
+        let (c, s) = (ctx.clone(), shutdown.clone());
+        components.push((
+            "github",
+            tokio::spawn(async move { Ok(jetrun_github::run(c, cfg, s).await?) }),
+        ));
+    }
     // <<< components from functions: start each, push (name, handle); keep this marker >>>
     let _ = &ctx;
 

@@ -41,7 +41,7 @@ pub async fn run(g: &GlobalOpts, a: Args) -> anyhow::Result<()> {
         jetrun_core::names::validate_token(q)?;
     }
     topo.queues = a.queues;
-    let report = topo.apply(&js).await?;
+    let report = provision(&js, &topo).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -58,4 +58,24 @@ pub async fn run(g: &GlobalOpts, a: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Everything a deployment needs: the topology's streams, buckets and consumers, the ECS
+/// pacer's bucket and the github function's consumers and bucket (those components run as
+/// users that may not create them). `jetrun init` and `jetrun dev` both apply this, so
+/// `init` against a running `dev` changes nothing.
+pub async fn provision(
+    js: &async_nats::jetstream::Context,
+    topo: &Topology,
+) -> anyhow::Result<Vec<jetrun_nats::topology::Applied>> {
+    let mut topo = topo.clone();
+    #[cfg(feature = "ecs")]
+    topo.extra_buckets.push(jetrun_runner::ecs::pacer::bucket_config(
+        &jetrun_runner::ecs::shared_bucket_name(topo.names.prefix()),
+        1,
+    ));
+    topo.extra_buckets.push(jetrun_github::bucket_config(&topo.names));
+    topo.extra_consumers
+        .extend(jetrun_github::consumer_configs(&topo.names));
+    Ok(topo.apply(js).await?)
 }

@@ -1,10 +1,12 @@
-//! `jetrun jobs list|get|watch|cancel`
+//! `jetrun jobs list|get|watch|cancel|logs` (logs are served by the node agent that ran the
+//! job, over the node protocol: `jetrun_node`)
 
 use std::io::Write;
 
 use anyhow::Context as _;
 use futures::StreamExt;
 use jetrun_core::{JobRecord, JobStatus};
+use jetrun_node::protocol::{LogsReply, LogsRequest};
 
 use crate::GlobalOpts;
 
@@ -140,6 +142,12 @@ pub async fn run(g: &GlobalOpts, cmd: JobsCmd) -> anyhow::Result<()> {
                 if let Some(e) = &r.error {
                     println!("error:     {}: {}", e.kind, e.message);
                 }
+                if let Some(res) = &r.result {
+                    println!("result:    {}", serde_json::Value::Object(res.clone()));
+                }
+                if let Some(e) = &r.result_error {
+                    println!("result:    refused: {e}");
+                }
                 if let Some(t) = &r.task_ref {
                     println!("task:      {t}");
                 }
@@ -186,7 +194,62 @@ pub async fn run(g: &GlobalOpts, cmd: JobsCmd) -> anyhow::Result<()> {
                 println!("{id} {status}");
             }
         }
-        JobsCmd::Logs { id, tail, follow } => crate::cmd::worker::logs(&ctx, &id, tail, follow).await?,
+        JobsCmd::Logs { id, tail, follow } => logs(&ctx, &id, tail, follow).await?,
     }
     Ok(())
+}
+
+/// `jetrun jobs logs`: prints the tail of a job's logs, fetched from the node agent that
+/// runs (or ran) it; with `follow`, keeps polling until the job is terminal.
+async fn logs(ctx: &jetrun_host::Context, id: &str, tail: usize, follow: bool) -> anyhow::Result<()> {
+    let (rec, _) = ctx.store.get(id).await?.with_context(|| format!("no job {id}"))?;
+    let node = rec
+        .node_id
+        .clone()
+        .with_context(|| format!("job {id} is {} and has not been placed on a node", rec.status))?;
+    let timeout = std::time::Duration::from_secs(5);
+    let mut req = LogsRequest {
+        job_id: id.to_string(),
+        tail,
+        stdout_from: None,
+        stderr_from: None,
+    };
+    let first = jetrun_node::request_logs(&ctx.client, &ctx.names, &node, &req, timeout)
+        .await
+        .with_context(|| format!("node {node} (which ran job {id}) did not serve its logs"))?;
+    if let Some(e) = &first.error {
+        anyhow::bail!("node {node}: {e}");
+    }
+    let print = |r: &LogsReply| -> anyhow::Result<()> {
+        let mut out = std::io::stdout().lock();
+        for l in &r.stdout {
+            writeln!(out, "{l}")?;
+        }
+        out.flush()?;
+        let mut err = std::io::stderr().lock();
+        for l in &r.stderr {
+            writeln!(err, "{l}")?;
+        }
+        Ok(())
+    };
+    print(&first)?;
+    if !follow {
+        return Ok(());
+    }
+    req.stdout_from = Some(first.stdout_offset);
+    req.stderr_from = Some(first.stderr_offset);
+    loop {
+        let done = match ctx.store.get(id).await? {
+            Some((r, _)) => r.status.is_terminal() || r.node_id.as_deref() != Some(node.as_str()),
+            None => true,
+        };
+        let r = jetrun_node::request_logs(&ctx.client, &ctx.names, &node, &req, timeout).await?;
+        print(&r)?;
+        req.stdout_from = Some(r.stdout_offset);
+        req.stderr_from = Some(r.stderr_offset);
+        if done && r.stdout.is_empty() && r.stderr.is_empty() {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }

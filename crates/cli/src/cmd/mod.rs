@@ -3,6 +3,7 @@
 pub mod autoscale;
 pub mod dev;
 pub mod dlq;
+pub mod github;
 pub mod image;
 pub mod init;
 pub mod jobs;

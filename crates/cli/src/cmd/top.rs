@@ -1,6 +1,11 @@
-//! `jetrun top`: a live view of the deployment, refreshed every second — queues (depth,
-//! age of the oldest submission, running, finished per second), recent failures and dead
-//! letters, live nodes. `--once` prints one frame (`--json` as JSON) and exits.
+//! `jetrun top`: a live view of the deployment, redrawn every `--interval` (1 s) — per
+//! queue: depth, age of the oldest submission, running, jobs finished per second over the
+//! last interval (from the finished counts), submit-to-start p50/p99 of the latest
+//! started jobs and dead letters; recent failures; live nodes. On a terminal each frame
+//! is drawn in place with plain ANSI sequences (cursor home, clear to end; no alternate
+//! screen, so it works over SSH and the last frame stays on screen); elsewhere frames
+//! follow one another. `--once` prints one frame and exits; `--json` writes frames as
+//! JSON (one document per line when live).
 //!
 //! Also the metrics flags the long-running commands share ([`MetricsArgs`]).
 
@@ -73,8 +78,8 @@ pub struct Args {
     /// Print one frame and exit.
     #[arg(long)]
     pub once: bool,
-    /// With --once: the frame as JSON.
-    #[arg(long, requires = "once")]
+    /// Frames as JSON: one pretty document with --once, else one line per frame.
+    #[arg(long)]
     pub json: bool,
     /// Time between frames.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
@@ -82,7 +87,13 @@ pub struct Args {
     /// Recent failures shown.
     #[arg(long, default_value_t = 8)]
     pub failures: usize,
+    /// Latest started jobs per queue the queue-wait percentiles are taken from.
+    #[arg(long, default_value_t = 100)]
+    pub sample: usize,
 }
+
+/// Most recent dead letters read to attribute them to queues.
+pub const DLQ_SCAN: usize = 1000;
 
 /// One queue's line.
 #[derive(Debug, Clone, Serialize)]
@@ -103,6 +114,14 @@ pub struct QueueRow {
     pub finished: BTreeMap<String, u64>,
     /// Jobs finished per second since the previous frame (none on the first).
     pub finished_per_second: Option<f64>,
+    /// Submit-to-start median of the latest started jobs (seconds), if any started.
+    pub queue_wait_p50_seconds: Option<f64>,
+    /// Submit-to-start 99th percentile of the same jobs.
+    pub queue_wait_p99_seconds: Option<f64>,
+    /// How many started jobs the percentiles come from.
+    pub queue_wait_sample: usize,
+    /// Dead letters of this queue's subjects among the latest [`DLQ_SCAN`].
+    pub dead_letters: u64,
 }
 
 /// A recent failure.
@@ -152,13 +171,54 @@ pub struct Frame {
     pub nodes: Vec<Node>,
 }
 
-/// Reads one frame; `previous` (with its read time) gives the rates.
+/// The `q`-quantile (0..=1) of sorted `v` (nearest rank).
+fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    Some(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// The queue of a job subject `<prefix>.job.<kind>.<queue>[.<id>]`.
+fn queue_of_subject(subject: &str) -> Option<&str> {
+    let mut t = subject.split('.');
+    match (t.next(), t.next(), t.next(), t.next()) {
+        (Some(_), Some("job"), Some(_), Some(q)) => Some(q),
+        _ => None,
+    }
+}
+
+/// Dead letters by queue among the latest [`DLQ_SCAN`] (unavailable: none).
+async fn dead_letters_by_queue(ctx: &jetrun_host::Context) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let Ok(mut stream) = ctx.js.get_stream(ctx.names.stream_dlq()).await else {
+        return out;
+    };
+    let Ok(info) = stream.info().await else {
+        return out;
+    };
+    let after = info.state.last_sequence.saturating_sub(DLQ_SCAN as u64);
+    if let Ok(all) = jetrun_nats::dlq::list(&ctx.js, &ctx.names, after, DLQ_SCAN).await {
+        for s in all {
+            if let Some(q) = queue_of_subject(&s.entry.subject) {
+                *out.entry(q.to_string()).or_default() += 1;
+            }
+        }
+    }
+    out
+}
+
+/// Reads one frame; `previous` (with its read time) gives the rates. `sample`: latest
+/// started jobs per queue for the queue-wait percentiles.
 pub async fn snapshot(
     ctx: &jetrun_host::Context,
     failures: usize,
+    sample: usize,
     previous: Option<(&Frame, Instant)>,
 ) -> anyhow::Result<Frame> {
     let stream = ctx.js.get_stream(ctx.names.stream_jobs()).await?;
+    let dlq_by_queue = dead_letters_by_queue(ctx).await;
     let mut queues = Vec::new();
     let mut failed = Vec::new();
     for q in ctx.store.queues().await? {
@@ -183,7 +243,26 @@ pub async fn snapshot(
                 }),
             Err(_) => None,
         };
-        let running = ctx.store.list(&q, Some(JobStatus::Running), 10_000).await?.len() as u64;
+        let running_jobs = ctx.store.list(&q, Some(JobStatus::Running), 10_000).await?;
+        let running = running_jobs.len() as u64;
+        // Submit to start of the latest started jobs: running ones, then the newest
+        // finished (a job that never started has no start).
+        let mut started = running_jobs;
+        for status in [JobStatus::Succeeded, JobStatus::Failed, JobStatus::TimedOut] {
+            if started.len() >= sample {
+                break;
+            }
+            started.extend(ctx.store.list(&q, Some(status), sample - started.len()).await?);
+        }
+        let mut waits: Vec<f64> = started
+            .iter()
+            .filter_map(|r| {
+                let s = r.started_at?;
+                Some((s - r.created_at).num_milliseconds().max(0) as f64 / 1000.0)
+            })
+            .take(sample)
+            .collect();
+        waits.sort_by(f64::total_cmp);
         let finished: BTreeMap<String, u64> = counts
             .iter()
             .filter(|(k, _)| k.as_str() != "active")
@@ -191,7 +270,13 @@ pub async fn snapshot(
             .collect();
         let total: u64 = finished.values().sum();
         let finished_per_second = previous.and_then(|(p, at)| {
-            let before: u64 = p.queues.iter().find(|r| r.queue == q)?.finished.values().sum();
+            // A queue the previous frame did not have is new: it had finished nothing.
+            let before: u64 = p
+                .queues
+                .iter()
+                .find(|r| r.queue == q)
+                .map(|r| r.finished.values().sum())
+                .unwrap_or(0);
             let secs = at.elapsed().as_secs_f64();
             (secs > 0.0).then(|| total.saturating_sub(before) as f64 / secs)
         });
@@ -219,6 +304,10 @@ pub async fn snapshot(
             oldest_age_seconds,
             finished,
             finished_per_second,
+            queue_wait_p50_seconds: quantile(&waits, 0.5),
+            queue_wait_p99_seconds: quantile(&waits, 0.99),
+            queue_wait_sample: waits.len(),
+            dead_letters: dlq_by_queue.get(&q).copied().unwrap_or(0),
         });
     }
     failed.sort_by_key(|f| std::cmp::Reverse(f.at));
@@ -273,6 +362,7 @@ pub async fn snapshot(
 fn age(s: Option<f64>) -> String {
     match s {
         None => "-".into(),
+        Some(s) if s < 10.0 => format!("{s:.1}s"),
         Some(s) if s < 60.0 => format!("{s:.0}s"),
         Some(s) if s < 3600.0 => format!("{:.0}m", s / 60.0),
         Some(s) => format!("{:.1}h", s / 3600.0),
@@ -291,14 +381,25 @@ pub fn render(f: &Frame) -> String {
     let _ = writeln!(o);
     let _ = writeln!(
         o,
-        "{:<20} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8}",
-        "QUEUE", "PENDING", "INFLIGHT", "ACTIVE", "RUNNING", "OLDEST", "SUCCEEDED", "FAILED", "DONE/S"
+        "{:<20} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>6}",
+        "QUEUE",
+        "PENDING",
+        "INFLIGHT",
+        "ACTIVE",
+        "RUNNING",
+        "OLDEST",
+        "SUCCEEDED",
+        "FAILED",
+        "DONE/S",
+        "WAIT50",
+        "WAIT99",
+        "DLQ"
     );
     for q in &f.queues {
         let n = |k: &str| q.finished.get(k).copied().unwrap_or(0);
         let _ = writeln!(
             o,
-            "{:<20} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8}",
+            "{:<20} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>8} {:>8} {:>8} {:>8} {:>6}",
             q.queue,
             q.pending,
             q.ack_pending,
@@ -310,6 +411,9 @@ pub fn render(f: &Frame) -> String {
             q.finished_per_second
                 .map(|r| format!("{r:.1}"))
                 .unwrap_or_else(|| "-".into()),
+            age(q.queue_wait_p50_seconds),
+            age(q.queue_wait_p99_seconds),
+            q.dead_letters,
         );
     }
     let _ = writeln!(o);
@@ -352,7 +456,7 @@ pub fn render(f: &Frame) -> String {
 pub async fn run(g: &GlobalOpts, a: Args) -> anyhow::Result<()> {
     let ctx = g.context("jetrun-top").await?;
     if a.once {
-        let f = snapshot(&ctx, a.failures, None).await?;
+        let f = snapshot(&ctx, a.failures, a.sample, None).await?;
         let mut out = std::io::stdout().lock();
         if a.json {
             writeln!(out, "{}", serde_json::to_string_pretty(&f)?)?;
@@ -362,25 +466,85 @@ pub async fn run(g: &GlobalOpts, a: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let shutdown = jetrun_host::shutdown_on_signals();
-    let tty = std::io::stdout().is_terminal();
+    let tty = !a.json && std::io::stdout().is_terminal();
+    if tty {
+        // Hide the cursor while redrawing; shown again on the way out.
+        write!(std::io::stdout(), "\x1b[?25l\x1b[2J")?;
+    }
+    let result = live(&ctx, &a, tty, &shutdown).await;
+    if tty {
+        let mut out = std::io::stdout().lock();
+        write!(out, "\x1b[?25h")?;
+        out.flush()?;
+    }
+    result
+}
+
+async fn live(
+    ctx: &jetrun_host::Context,
+    a: &Args,
+    tty: bool,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     let mut previous: Option<(Frame, Instant)> = None;
     let mut tick = tokio::time::interval(a.interval.max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
-        let f = snapshot(&ctx, a.failures, previous.as_ref().map(|(f, at)| (f, *at))).await?;
+        let f = snapshot(
+            ctx,
+            a.failures,
+            a.sample,
+            previous.as_ref().map(|(f, at)| (f, *at)),
+        )
+        .await?;
         let mut out = std::io::stdout().lock();
-        if tty {
-            // Home, clear screen: redraw in place (works over SSH, no alternate screen).
-            write!(out, "\x1b[H\x1b[2J{}", render(&f))?;
+        if a.json {
+            writeln!(out, "{}", serde_json::to_string(&f)?)?;
+        } else if tty {
+            // Home, then each line over the old one (erasing its rest) and the screen
+            // below: redrawn in place without a blank flash.
+            let mut frame = String::from("\x1b[H");
+            for line in render(&f).lines() {
+                frame.push_str(line);
+                frame.push_str("\x1b[K\n");
+            }
+            frame.push_str("\x1b[J");
+            write!(out, "{frame}")?;
         } else {
             // Not a terminal: one plain frame after another.
             writeln!(out, "{}", render(&f))?;
         }
-        out.flush()?;
+        // A closed pipe (`jetrun top | head`) ends the view.
+        if out.flush().is_err() {
+            break;
+        }
         previous = Some((f, Instant::now()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn quantiles_are_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(quantile(&v, 0.5), Some(50.0));
+        assert_eq!(quantile(&v, 0.99), Some(99.0));
+        assert_eq!(quantile(&[3.0], 0.99), Some(3.0));
+        assert_eq!(quantile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn dead_letters_are_attributed_by_subject() {
+        assert_eq!(queue_of_subject("jetrun.job.submit.builds"), Some("builds"));
+        assert_eq!(queue_of_subject("jetrun.job.callback.q.0191"), Some("q"));
+        assert_eq!(queue_of_subject("jetrun.task.exited.0191"), None);
+    }
 }

@@ -1,7 +1,7 @@
 //! `jetrun worker`: the job lifecycle of one node in one process — dispatch for the given
 //! queues, the node agent and settle. Several workers can run side by side on one host,
 //! each with its own `--data-dir` (and so its own node id); the autoscaler's `local`
-//! backend spawns them. Also `jetrun jobs logs` (logs served by the node agents).
+//! backend spawns them.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use jetrun_agent::protocol::LogsRequest;
 use jetrun_runner::Runner;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -353,59 +352,4 @@ pub async fn run(g: &GlobalOpts, a: Args) -> anyhow::Result<()> {
     println!("ready worker queues={}", a.queues.join(","));
     let _ = std::io::stdout().flush();
     super::supervise::supervise(comps, shutdown).await
-}
-
-/// `jetrun jobs logs`: prints the tail of a job's logs, fetched from the node agent that
-/// runs (or ran) it; with `follow`, keeps polling until the job is terminal.
-pub async fn logs(ctx: &jetrun_host::Context, id: &str, tail: usize, follow: bool) -> anyhow::Result<()> {
-    let (rec, _) = ctx.store.get(id).await?.with_context(|| format!("no job {id}"))?;
-    let node = rec
-        .node_id
-        .clone()
-        .with_context(|| format!("job {id} is {} and has not been placed on a node", rec.status))?;
-    let timeout = Duration::from_secs(5);
-    let mut req = LogsRequest {
-        job_id: id.to_string(),
-        tail,
-        stdout_from: None,
-        stderr_from: None,
-    };
-    let first = jetrun_agent::request_logs(&ctx.client, &ctx.names, &node, &req, timeout)
-        .await
-        .with_context(|| format!("node {node} (which ran job {id}) did not serve its logs"))?;
-    if let Some(e) = &first.error {
-        anyhow::bail!("node {node}: {e}");
-    }
-    let print = |r: &jetrun_agent::protocol::LogsReply| -> anyhow::Result<()> {
-        let mut out = std::io::stdout().lock();
-        for l in &r.stdout {
-            writeln!(out, "{l}")?;
-        }
-        out.flush()?;
-        let mut err = std::io::stderr().lock();
-        for l in &r.stderr {
-            writeln!(err, "{l}")?;
-        }
-        Ok(())
-    };
-    print(&first)?;
-    if !follow {
-        return Ok(());
-    }
-    req.stdout_from = Some(first.stdout_offset);
-    req.stderr_from = Some(first.stderr_offset);
-    loop {
-        let done = match ctx.store.get(id).await? {
-            Some((r, _)) => r.status.is_terminal() || r.node_id.as_deref() != Some(node.as_str()),
-            None => true,
-        };
-        let r = jetrun_agent::request_logs(&ctx.client, &ctx.names, &node, &req, timeout).await?;
-        print(&r)?;
-        req.stdout_from = Some(r.stdout_offset);
-        req.stderr_from = Some(r.stderr_offset);
-        if done && r.stdout.is_empty() && r.stderr.is_empty() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }

@@ -28,12 +28,17 @@
 //!   code; a task that ended without the job's doing (`SpotInterruption`,
 //!   `TaskFailedToStart`, ...) is `NotFound` from `describe` and an error naming the stop
 //!   code from `wait`, so the agent reports the attempt `lost` and it is retried, not
-//!   failed. `wait` polls every `poll_interval`.
+//!   failed. `wait` polls every `poll_interval` through one shared poller (`poll.rs`): all
+//!   waited-for tasks in one `DescribeTasks` (100 per call) per interval.
+//! - **logs / result**: from the task's CloudWatch Logs stream ([`logs`]); the result is
+//!   the last `jetrun-result: ` line (decision 23).
 //! - **list**: tasks of this deployment (and node, when set) by tag, running or recently
 //!   stopped, for adoption after a worker restart.
 
 pub mod fargate;
+pub mod logs;
 pub mod pacer;
+mod poll;
 pub mod retry;
 pub mod state;
 
@@ -51,7 +56,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use crate::{LaunchRequest, Runner, RunnerError, RunnerErrorKind, TaskInfo, TaskStatus};
-pub use pacer::{KvTokenBucket, Pacer, PacerConfig, TokenBucket};
+pub use logs::{LogStream, LogsConfig};
+pub use pacer::{KvTokenBucket, Pacer, PacerConfig, TokenBucket, ensure_bucket, shared_bucket_name};
 pub use retry::RetryConfig;
 pub use state::{EcsOutcome, TaskView};
 
@@ -125,6 +131,9 @@ pub struct EcsConfig {
     pub retry: RetryConfig,
     /// The launch pace (default 100 burst, 20/s refill).
     pub pacer: PacerConfig,
+    /// Where the tasks' logs are, for `jetrun jobs logs` and job results (default: the
+    /// task definition's `awslogs` options).
+    pub logs: LogsConfig,
 }
 
 impl Default for EcsConfig {
@@ -150,6 +159,7 @@ impl Default for EcsConfig {
             call_timeout: Duration::from_secs(10),
             retry: RetryConfig::default(),
             pacer: PacerConfig::default(),
+            logs: LogsConfig::default(),
         }
     }
 }
@@ -364,6 +374,9 @@ pub struct EcsRunner {
     cfg: EcsConfig,
     client: Client,
     pacer: Arc<dyn Pacer>,
+    logs: Option<aws_sdk_cloudwatchlogs::Client>,
+    log_options: logs::LogOptionsCache,
+    poller: Arc<poll::Poller>,
     node: Option<String>,
     launching: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -400,7 +413,16 @@ impl EcsRunner {
                     .build(),
             )
             .build();
-        Self::with_client(cfg, Client::from_conf(conf))
+        let logs = aws_sdk_cloudwatchlogs::config::Builder::from(&sdk)
+            .retry_config(aws_sdk_cloudwatchlogs::config::retry::RetryConfig::disabled())
+            .timeout_config(
+                aws_sdk_cloudwatchlogs::config::timeout::TimeoutConfig::builder()
+                    .operation_attempt_timeout(cfg.call_timeout)
+                    .build(),
+            )
+            .build();
+        Ok(Self::with_client(cfg, Client::from_conf(conf))?
+            .with_logs(aws_sdk_cloudwatchlogs::Client::from_conf(logs)))
     }
 
     /// As [`EcsRunner::from_config`], pacing through the KV bucket
@@ -427,8 +449,9 @@ impl EcsRunner {
         }
     }
 
-    /// A runner with a given client (tests, custom credentials) and an in-process pacer.
-    /// The client should have the SDK's retries disabled.
+    /// A runner with a given client (tests, custom credentials) and an in-process pacer,
+    /// without logs until [`EcsRunner::with_logs`]. The client should have the SDK's
+    /// retries disabled.
     pub fn with_client(cfg: EcsConfig, client: Client) -> Result<Self, EcsError> {
         cfg.validate()?;
         let pacer = TokenBucket::new(&cfg.pacer).map_err(|e| EcsError {
@@ -441,13 +464,24 @@ impl EcsRunner {
                 "ECS runner: no offline_security_groups: jobs without `network` get the same network as the others"
             );
         }
+        let poller = Arc::new(poll::Poller::new(client.clone(), cfg.clone()));
         Ok(Self {
             cfg,
             client,
             pacer: Arc::new(pacer),
+            logs: None,
+            log_options: logs::LogOptionsCache::default(),
+            poller,
             node: None,
             launching: std::sync::Mutex::default(),
         })
+    }
+
+    /// Reads task logs and results through this CloudWatch Logs client (retries
+    /// disabled, like the ECS client's).
+    pub fn with_logs(mut self, client: aws_sdk_cloudwatchlogs::Client) -> Self {
+        self.logs = Some(client);
+        self
     }
 
     /// Paces launches with `pacer` (e.g. a [`KvTokenBucket`] shared by the deployment).
@@ -577,56 +611,17 @@ impl EcsRunner {
     }
 
     /// Runs `f` until it succeeds, fails for good or the retries are used up.
-    async fn call<T, F, Fut>(&self, op: &str, mut f: F) -> Result<T, RunnerError>
+    async fn call<T, F, Fut>(&self, op: &str, f: F) -> Result<T, RunnerError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, CallError>>,
     {
-        let mut n = 0;
-        loop {
-            match f().await {
-                Ok(v) => return Ok(v),
-                Err(CallError::Fail(e)) => return Err(e),
-                Err(CallError::Retry(msg)) => {
-                    n += 1;
-                    if n >= self.cfg.retry.attempts {
-                        return Err(RunnerError::new(
-                            RunnerErrorKind::Runtime,
-                            format!("{op}: gave up after {n} tries: {msg}"),
-                        ));
-                    }
-                    let d = self.cfg.retry.backoff(n - 1);
-                    warn!(op, error = %msg, retry_in = ?d, "ECS call failed; retrying");
-                    tokio::time::sleep(d).await;
-                }
-            }
-        }
+        call_with(&self.cfg.retry, op, f).await
     }
 
     /// Describes up to 100 tasks per call, with tags.
     async fn describe_many(&self, arns: &[String]) -> Result<Vec<TaskView>, RunnerError> {
-        let mut out = Vec::new();
-        for chunk in arns.chunks(100) {
-            let tasks = self
-                .call("DescribeTasks", || async {
-                    self.client
-                        .describe_tasks()
-                        .cluster(&self.cfg.cluster)
-                        .set_tasks(Some(chunk.to_vec()))
-                        .include(TaskField::Tags)
-                        .send()
-                        .await
-                        .map_err(|e| classify("DescribeTasks", e))
-                })
-                .await?;
-            out.extend(
-                tasks
-                    .tasks()
-                    .iter()
-                    .map(|t| state::from_sdk(t, &self.cfg.container)),
-            );
-        }
-        Ok(out)
+        describe_with(&self.client, &self.cfg, arns).await
     }
 
     /// Task ARNs of the cluster, optionally started by `started_by`, both running and
@@ -825,6 +820,57 @@ impl EcsRunner {
     }
 }
 
+/// Runs `f` until it succeeds, fails for good or the retries are used up.
+async fn call_with<T, F, Fut>(retry: &RetryConfig, op: &str, mut f: F) -> Result<T, RunnerError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, CallError>>,
+{
+    let mut n = 0;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(CallError::Fail(e)) => return Err(e),
+            Err(CallError::Retry(msg)) => {
+                n += 1;
+                if n >= retry.attempts {
+                    return Err(RunnerError::new(
+                        RunnerErrorKind::Runtime,
+                        format!("{op}: gave up after {n} tries: {msg}"),
+                    ));
+                }
+                let d = retry.backoff(n - 1);
+                warn!(op, error = %msg, retry_in = ?d, "ECS call failed; retrying");
+                tokio::time::sleep(d).await;
+            }
+        }
+    }
+}
+
+/// `DescribeTasks` of `arns`, up to 100 per call (ECS's limit), with tags.
+async fn describe_with(
+    client: &Client,
+    cfg: &EcsConfig,
+    arns: &[String],
+) -> Result<Vec<TaskView>, RunnerError> {
+    let mut out = Vec::new();
+    for chunk in arns.chunks(100) {
+        let tasks = call_with(&cfg.retry, "DescribeTasks", || async {
+            client
+                .describe_tasks()
+                .cluster(&cfg.cluster)
+                .set_tasks(Some(chunk.to_vec()))
+                .include(TaskField::Tags)
+                .send()
+                .await
+                .map_err(|e| classify("DescribeTasks", e))
+        })
+        .await?;
+        out.extend(tasks.tasks().iter().map(|t| state::from_sdk(t, &cfg.container)));
+    }
+    Ok(out)
+}
+
 /// Tag: the node (worker) that launched the task, when the runner has one.
 pub const TAG_NODE: &str = "jetrun:node";
 
@@ -850,7 +896,9 @@ impl Runner for EcsRunner {
 
     async fn wait(&self, task_ref: &str) -> Result<TaskStatus, RunnerError> {
         loop {
-            match self.describe_task(task_ref).await {
+            // One shared poller: every waiting task of this runner in one DescribeTasks
+            // (100 per call) per `poll_interval`, not one call per task.
+            match self.poller.next(task_ref).await {
                 Ok(Some(t)) => match t.outcome(&self.cfg.container) {
                     EcsOutcome::Pending | EcsOutcome::Running => {}
                     EcsOutcome::Lost { reason } => {
@@ -866,7 +914,6 @@ impl Runner for EcsRunner {
                 // describable for an hour.
                 Err(e) => warn!(task_arn = %task_ref, error = %e, "DescribeTasks failed while waiting"),
             }
-            tokio::time::sleep(self.cfg.poll_interval).await;
         }
     }
 
@@ -910,8 +957,38 @@ impl Runner for EcsRunner {
     }
 
     fn log_paths(&self, _task_ref: &str) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
-        // Logs are the task definition's (awslogs → CloudWatch).
+        // Logs are the task definition's (awslogs → CloudWatch): see `log_tail`.
         None
+    }
+
+    async fn log_tail(
+        &self,
+        task_ref: &str,
+        lines: usize,
+    ) -> Result<Option<(Vec<String>, Vec<String>)>, RunnerError> {
+        if self.logs.is_none() {
+            return Ok(None);
+        }
+        let Some(s) = self.log_stream(task_ref).await? else {
+            return Ok(None);
+        };
+        // One event is usually one line; `tail_lines` splits the rest.
+        let events = self.last_log_events(&s, lines).await?;
+        // awslogs merges stdout and stderr into one stream.
+        Ok(Some((logs::tail_lines(&events, lines), Vec::new())))
+    }
+
+    async fn result(&self, task_ref: &str) -> Result<Option<Vec<u8>>, RunnerError> {
+        if self.logs.is_none() {
+            return Ok(None);
+        }
+        let Some(s) = self.log_stream(task_ref).await? else {
+            return Ok(None);
+        };
+        let events = self
+            .last_log_events(&s, logs::RESULT_SCAN_EVENTS as usize)
+            .await?;
+        Ok(logs::result_of(&events))
     }
 }
 

@@ -28,8 +28,10 @@ pub struct PacerConfig {
     /// Tokens added per second (default 20).
     pub refill_per_second: f64,
     /// Share the bucket with every worker of the deployment through this JetStream KV
-    /// bucket (default: none, the bucket is per process). The worker creates it when it
-    /// is missing (history 1) and uses the key `ecs-launch.<deployment>`.
+    /// bucket, normally [`shared_bucket_name`]`(prefix)` = `jetrun-ecs-pacer`, which
+    /// `jetrun init` creates (default: none, the bucket is per process). The key is
+    /// `ecs-launch.<deployment>`. A worker creates a missing bucket only if its NATS user
+    /// may (the shipped least-privilege `worker` user may not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared_bucket: Option<String>,
 }
@@ -148,6 +150,48 @@ impl Pacer for TokenBucket {
     }
 }
 
+/// The shared pacer's KV bucket for a deployment with NATS prefix `prefix`
+/// (`jetrun-ecs-pacer`; `infra/nats/accounts.conf` lets the worker use it).
+pub fn shared_bucket_name(prefix: &str) -> String {
+    format!("{prefix}-ecs-pacer")
+}
+
+/// The pacer bucket's configuration (`jetrun init` declares it in the topology).
+pub fn bucket_config(bucket: &str, replicas: usize) -> async_nats::jetstream::kv::Config {
+    async_nats::jetstream::kv::Config {
+        bucket: bucket.to_string(),
+        // Only the current balance matters.
+        history: 1,
+        description: "jetrun: ECS launch pacer".into(),
+        num_replicas: replicas.max(1),
+        ..Default::default()
+    }
+}
+
+/// Creates the shared pacer's KV bucket if it is missing (history 1, `replicas` copies),
+/// what `jetrun init` does as the operator so that workers with least-privilege
+/// credentials never need to create a stream. Returns whether it was created; an
+/// existing bucket is left as it is.
+pub async fn ensure_bucket(
+    js: &async_nats::jetstream::Context,
+    bucket: &str,
+    replicas: usize,
+) -> Result<bool, PacerError> {
+    if js.get_key_value(bucket).await.is_ok() {
+        return Ok(false);
+    }
+    match js.create_key_value(bucket_config(bucket, replicas)).await {
+        Ok(_) => Ok(true),
+        // Another `init` (or worker) made it in between.
+        Err(_) if js.get_key_value(bucket).await.is_ok() => Ok(false),
+        Err(e) => Err(PacerError {
+            kind: PacerErrorKind::Store,
+            message: format!("creating KV bucket {bucket}: {e}"),
+            source: Some(Box::new(e)),
+        }),
+    }
+}
+
 /// The bucket's state in the KV value.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Shared {
@@ -187,7 +231,9 @@ impl KvTokenBucket {
         })
     }
 
-    /// Opens (or creates, history 1) the KV bucket `bucket` and paces on `key` in it.
+    /// Opens the KV bucket `bucket` and paces on `key` in it. A missing bucket is
+    /// created (history 1, one replica) when the NATS user may; otherwise the error says
+    /// to run `jetrun init`, which creates it ([`ensure_bucket`]).
     pub async fn open(
         js: &async_nats::jetstream::Context,
         bucket: &str,
@@ -196,19 +242,19 @@ impl KvTokenBucket {
     ) -> Result<Self, PacerError> {
         let kv = match js.get_key_value(bucket).await {
             Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(async_nats::jetstream::kv::Config {
-                    bucket: bucket.to_string(),
-                    history: 1,
-                    description: "jetrun: ECS launch pacer".into(),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|e| PacerError {
-                    kind: PacerErrorKind::Store,
-                    message: format!("KV bucket {bucket}: {e}"),
-                    source: Some(Box::new(e)),
-                })?,
+            Err(missing) => match js.create_key_value(bucket_config(bucket, 1)).await {
+                Ok(kv) => kv,
+                Err(e) => {
+                    return Err(PacerError {
+                        kind: PacerErrorKind::Store,
+                        message: format!(
+                            "KV bucket {bucket} cannot be opened ({missing}) nor created ({e}); \
+                             `jetrun init` creates it"
+                        ),
+                        source: Some(Box::new(e)),
+                    });
+                }
+            },
         };
         Self::new(kv, key, cfg)
     }

@@ -14,8 +14,8 @@ use crate::auth::OPERATOR_TENANT;
 use crate::problem::Problem;
 use crate::sse::{self, Change, Start};
 
-/// How many records a tenant's job listing reads per queue to find its own jobs (the
-/// index knows queues and statuses, not tenants).
+/// Most records a tenant's job listing reads to find its own jobs (the index knows
+/// queues and statuses, not tenants).
 pub const TENANT_SCAN: usize = 500;
 
 fn unavailable(e: impl std::fmt::Display) -> Problem {
@@ -139,7 +139,8 @@ pub struct JobList {
 }
 
 /// Jobs of `queue` (else of every queue: `known`, or read from the index) with
-/// `status`, newest first, that `tenant` may see.
+/// `status`, newest first, that `tenant` may see. An operator's listing reads `limit + 1`
+/// records per queue; a tenant's, [`tenant_jobs`].
 pub async fn jobs(
     ingest: &Ingest,
     tenant: &str,
@@ -154,11 +155,10 @@ pub async fn jobs(
         (None, Some(k)) => k,
         (None, None) => queue_names(ingest).await?,
     };
-    let read = if tenant == OPERATOR_TENANT {
-        limit + 1
-    } else {
-        TENANT_SCAN
-    };
+    if tenant != OPERATOR_TENANT {
+        return tenant_jobs(ingest, tenant, queue, status, limit).await;
+    }
+    let read = limit + 1;
     let mut all = Vec::new();
     let mut truncated = false;
     for q in queues {
@@ -173,6 +173,87 @@ pub async fn jobs(
     truncated |= all.len() > limit;
     all.truncate(limit);
     Ok(JobList { jobs: all, truncated })
+}
+
+/// A tenant's jobs of `queue` (else of every queue) with `status`, newest first.
+///
+/// The index knows queues and statuses, not tenants, so records must be read to find the
+/// tenant's: the index entries (stream metadata, one request) are sorted newest first
+/// across queues and groups, and records are read 32 at a time only until `limit + 1`
+/// of the tenant's are found, at most [`TENANT_SCAN`]. (Asking the store for
+/// [`TENANT_SCAN`] records and filtering afterwards read all 500 every time: 68–112 ms.)
+pub async fn tenant_jobs(
+    ingest: &Ingest,
+    tenant: &str,
+    queue: Option<&str>,
+    status: Option<JobStatus>,
+    limit: usize,
+) -> Result<JobList, Problem> {
+    let ctx = &ingest.ctx;
+    let bucket = ctx.names.bucket_index();
+    let index = ctx
+        .js
+        .get_stream(format!("KV_{bucket}"))
+        .await
+        .map_err(unavailable)?;
+    let prefix = format!("$KV.{bucket}.");
+    let filter = match queue {
+        Some(q) => format!("{prefix}{q}.>"),
+        None => format!("{prefix}>"),
+    };
+    let mut subjects = index.info_with_subjects(filter).await.map_err(unavailable)?;
+    let mut entries: Vec<(String, String)> = Vec::new();
+    while let Some(s) = subjects.next().await {
+        let (subject, _) = s.map_err(unavailable)?;
+        let Some(rest) = subject.strip_prefix(&prefix) else {
+            continue;
+        };
+        let mut parts = rest.splitn(3, '.');
+        let (Some(q), Some(group), Some(id)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let wanted = match status {
+            Some(s) if s.is_terminal() => group == s.as_str(),
+            Some(_) => group == "active",
+            None => true,
+        };
+        if wanted && queue.is_none_or(|want| want == q) {
+            entries.push((id.to_string(), q.to_string()));
+        }
+    }
+    // uuid v7 ids sort by creation time.
+    entries.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    let total = entries.len();
+    let store = &ctx.store;
+    let reads = futures::stream::iter(entries.into_iter().take(TENANT_SCAN))
+        .map(|(id, q)| async move { (q, store.get(&id).await) })
+        .buffered(32);
+    futures::pin_mut!(reads);
+    let (mut found, mut scanned) = (Vec::new(), 0usize);
+    while let Some((q, r)) = reads.next().await {
+        scanned += 1;
+        match r {
+            // An entry whose record moved on (or is gone) since the index was read: the
+            // record decides, as in `JobStore::list`.
+            Ok(Some((rec, _)))
+                if may_see(tenant, &rec) && rec.queue == q && status.is_none_or(|s| s == rec.status) =>
+            {
+                found.push(rec);
+                if found.len() > limit {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => return Err(unavailable(e.message)),
+        }
+    }
+    let truncated = found.len() > limit || (scanned >= TENANT_SCAN && total > scanned);
+    found.sort_unstable_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+    found.truncate(limit);
+    Ok(JobList {
+        jobs: found,
+        truncated,
+    })
 }
 
 /// A job's record if `tenant` may see it.
@@ -204,26 +285,8 @@ pub async fn history(ingest: &Ingest, rec: &JobRecord) -> Result<Vec<Change>, Pr
     Ok(out)
 }
 
-/// The agent's `logs` request (wire form of `jetrun_agent::protocol::LogsRequest`).
-#[derive(Debug, Serialize)]
-struct LogsRequest<'a> {
-    job_id: &'a str,
-    tail: usize,
-}
-
-/// The agent's answer (wire form of `jetrun_agent::protocol::LogsReply`).
-#[derive(Debug, Default, Deserialize)]
-pub struct LogsReply {
-    /// Lines of stdout.
-    #[serde(default)]
-    pub stdout: Vec<String>,
-    /// Lines of stderr.
-    #[serde(default)]
-    pub stderr: Vec<String>,
-    /// Why there are no logs.
-    #[serde(default)]
-    pub error: Option<String>,
-}
+/// The agent's answer to a `logs` request.
+pub use jetrun_node::protocol::LogsReply;
 
 /// The last `tail` lines of a job's logs, from the agent of the node that ran it
 /// (`<prefix>.node.<node>.logs`, as `jetrun jobs logs` does). `Err` says why there are none.
@@ -232,9 +295,11 @@ pub async fn logs(ingest: &Ingest, rec: &JobRecord, tail: usize) -> Result<LogsR
         .node_id
         .as_deref()
         .ok_or_else(|| format!("the job is {} and has not been placed on a node yet", rec.status))?;
-    let body = serde_json::to_vec(&LogsRequest {
-        job_id: &rec.id,
+    let body = serde_json::to_vec(&jetrun_node::protocol::LogsRequest {
+        job_id: rec.id.clone(),
         tail,
+        stdout_from: None,
+        stderr_from: None,
     })
     .map_err(|e| e.to_string())?;
     let subject = ingest.ctx.names.node_service(node, "logs");

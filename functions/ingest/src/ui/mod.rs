@@ -2,11 +2,12 @@
 //! the job event stream ([`crate::sse`]).
 //!
 //! - **Sign-in** with the same API tokens as the HTTP API. The token is checked once and
-//!   never stored in the browser: the session (its tenant, a CSRF token, an expiry) lives
-//!   in this process's memory under a random 256-bit id, sent back as an `HttpOnly`,
-//!   `SameSite=Strict` cookie (`Secure` behind an HTTPS proxy that says
-//!   `X-Forwarded-Proto: https`). Sessions end after [`SESSION_TTL`] or at sign-out, and
-//!   with the process.
+//!   never stored in the browser: the session (its tenant, an expiry, a nonce from which
+//!   the CSRF token is derived, a fingerprint of the token) is a cookie signed with
+//!   HMAC-SHA256 ([`session`]), `HttpOnly`, `SameSite=Strict` (`Secure` behind an HTTPS
+//!   proxy that says `X-Forwarded-Proto: https`). Sessions end after [`SESSION_TTL`], at
+//!   sign-out, or when their token is removed; with the same key
+//!   (`JETRUN_CONSOLE_SESSION_KEY`) they survive restarts and work on every replica.
 //! - **Every change is a POST form carrying the session's CSRF token**, checked in
 //!   constant time; the sign-in form carries one bound to a short-lived cookie.
 //! - **Content-Security-Policy** [`CSP`]: scripts and styles only from `/ui/assets`, no
@@ -18,9 +19,11 @@
 
 pub mod data;
 pub mod pages;
+pub mod rates;
+pub mod session;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -47,8 +50,6 @@ pub const SESSION_COOKIE: &str = "jetrun_session";
 pub const LOGIN_COOKIE: &str = "jetrun_login";
 /// How long a session lasts.
 pub const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
-/// Most sessions kept at once (the oldest is dropped past it).
-pub const MAX_SESSIONS: usize = 10_000;
 /// Header asking for a page's live region only.
 pub const H_PARTIAL: &str = "x-jetrun-partial";
 /// The Content-Security-Policy of every console answer.
@@ -57,21 +58,6 @@ connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 
 const JS: &str = include_str!("../../assets/console.js");
 const CSS: &str = include_str!("../../assets/console.css");
-
-#[derive(Debug, Clone)]
-struct Session {
-    tenant: String,
-    csrf: String,
-    created: Instant,
-    expires: Instant,
-}
-
-/// Sessions in memory.
-#[derive(Debug)]
-pub struct Sessions {
-    ttl: Duration,
-    map: Mutex<HashMap<String, Session>>,
-}
 
 fn random_hex(n: usize) -> String {
     let mut b = vec![0u8; n];
@@ -84,77 +70,15 @@ fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-impl Sessions {
-    /// An empty store whose sessions last `ttl`.
-    pub fn new(ttl: Duration) -> Self {
-        Self {
-            ttl,
-            map: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Creates a session of `tenant`; returns its id.
-    fn create(&self, tenant: &str) -> String {
-        let now = Instant::now();
-        let id = random_hex(32);
-        let mut map = self.lock();
-        map.retain(|_, s| s.expires > now);
-        if map.len() >= MAX_SESSIONS
-            && let Some(oldest) = map.iter().min_by_key(|(_, s)| s.created).map(|(k, _)| k.clone())
-        {
-            map.remove(&oldest);
-        }
-        map.insert(
-            id.clone(),
-            Session {
-                tenant: tenant.to_string(),
-                csrf: random_hex(32),
-                created: now,
-                expires: now + self.ttl,
-            },
-        );
-        id
-    }
-
-    fn get(&self, id: &str) -> Option<Session> {
-        let mut map = self.lock();
-        match map.get(id) {
-            Some(s) if s.expires > Instant::now() => Some(s.clone()),
-            Some(_) => {
-                map.remove(id);
-                None
-            }
-            None => None,
-        }
-    }
-
-    fn remove(&self, id: &str) {
-        self.lock().remove(id);
-    }
-
-    /// Sessions alive now.
-    pub fn len(&self) -> usize {
-        let now = Instant::now();
-        self.lock().values().filter(|s| s.expires > now).count()
-    }
-
-    /// Whether no session is alive.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 /// The console's state.
 #[derive(Debug)]
 pub struct Console {
     /// The live streams (shared with the SSE API: one bound per tenant).
     pub live: Arc<Live>,
-    /// Signed-in sessions.
-    pub sessions: Sessions,
+    /// Signed-in sessions (signed cookies, [`session`]).
+    pub sessions: session::Sessions,
+    /// Per-queue job rates (the queues page).
+    pub rates: Arc<rates::Rates>,
 }
 
 type C = State<Arc<Console>>;
@@ -181,10 +105,12 @@ impl Who {
 
 /// The live routes: the SSE API and the console, sharing one bound of streams per tenant.
 pub fn router<S: Clone + Send + Sync + 'static>(ingest: Arc<Ingest>) -> Router<S> {
+    let sessions = session::Sessions::new(SESSION_TTL, ingest.session_key.as_ref());
     let live = Live::new(ingest);
     let console = Arc::new(Console {
         live: live.clone(),
-        sessions: Sessions::new(SESSION_TTL),
+        sessions,
+        rates: Arc::default(),
     });
     let ui = Router::new()
         .route("/ui", get(home))
@@ -301,7 +227,15 @@ impl Console {
                 redirect("/ui/login")
             }));
         };
-        let Some(s) = self.sessions.get(&id) else {
+        // A session is valid while a configured token of its tenant is the one it was
+        // signed in with (a removed token ends its sessions, even on other replicas).
+        let tokens = &self.ingest().tokens;
+        let Some(s) = self.sessions.get(&id).filter(|s| {
+            tokens.is_empty()
+                || tokens
+                    .digests_of(&s.tenant)
+                    .any(|d| same(&self.sessions.token_fp(d), &s.token_fp))
+        }) else {
             return Err(Box::new(if partial {
                 StatusCode::UNAUTHORIZED.into_response()
             } else {
@@ -447,7 +381,8 @@ async fn login(State(c): C, headers: HeaderMap, Form(form): Form<HashMap<String,
         info!("console sign-in refused: unknown token");
         return again(StatusCode::UNAUTHORIZED, "Unknown token.");
     };
-    let id = c.sessions.create(&tenant);
+    let digest = (!ingest.tokens.is_empty()).then(|| crate::auth::ApiTokens::digest(token.as_bytes()));
+    let id = c.sessions.create(&tenant, digest.as_ref());
     info!(tenant, "console sign-in");
     let mut r = redirect(if tenant == OPERATOR_TENANT {
         "/ui/queues"
@@ -498,7 +433,12 @@ async fn queues_page(State(c): C, headers: HeaderMap, Query(q): Query<NoticeQuer
         return page(&headers, &who, Nav::Queues, "Queues", body, None);
     }
     let ingest = c.ingest();
-    let (rows, seq) = tokio::join!(data::queues(ingest), last_seq(ingest));
+    let (rows, seq, ()) = tokio::join!(
+        data::queues(ingest),
+        last_seq(ingest),
+        c.rates.ensure_started(ingest)
+    );
+    let rates = c.rates.snapshot(jetrun_core::now().timestamp());
     let rows = match rows {
         Ok(r) => r,
         Err(p) => return problem_page(Some(&who), &p),
@@ -510,7 +450,7 @@ async fn queues_page(State(c): C, headers: HeaderMap, Query(q): Query<NoticeQuer
         Nav::Queues,
         "Queues",
         &pages::notice(q.notice.as_deref()),
-        Some((&src, pages::queues(&rows))),
+        Some((&src, pages::queues(&rows, rates.as_ref()))),
     )
 }
 
@@ -547,16 +487,26 @@ async fn jobs_page(State(c): C, headers: HeaderMap, Query(q): Query<JobsQuery>) 
         }
     };
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    // Read once: the filter's choices and, without a queue, the queues to list.
-    let names = data::queue_names(ingest).await;
-    let listed = match &names {
-        Ok(n) if queue.is_none() => Some(n.clone()),
-        _ => None,
+    let (names, list, seq) = if who.operator() {
+        // Read once: the filter's choices and, without a queue, the queues to list.
+        let names = data::queue_names(ingest).await;
+        let listed = match &names {
+            Ok(n) if queue.is_none() => Some(n.clone()),
+            _ => None,
+        };
+        let (list, seq) = tokio::join!(
+            data::jobs(ingest, &who.tenant, queue.as_deref(), listed, status, limit),
+            last_seq(ingest)
+        );
+        (names, list, seq)
+    } else {
+        // A tenant's list reads the index itself (`data::tenant_jobs`): both at once.
+        tokio::join!(
+            data::queue_names(ingest),
+            data::jobs(ingest, &who.tenant, queue.as_deref(), None, status, limit),
+            last_seq(ingest)
+        )
     };
-    let (list, seq) = tokio::join!(
-        data::jobs(ingest, &who.tenant, queue.as_deref(), listed, status, limit),
-        last_seq(ingest)
-    );
     let list = match list {
         Ok(l) => l,
         Err(p) => return problem_page(Some(&who), &p),
@@ -969,19 +919,6 @@ async fn css() -> Response {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-
-    #[test]
-    fn sessions_expire_and_ids_are_random() {
-        let s = Sessions::new(Duration::from_millis(50));
-        let a = s.create("acme");
-        let b = s.create("acme");
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 64);
-        assert_eq!(s.get(&a).unwrap().tenant, "acme");
-        std::thread::sleep(Duration::from_millis(80));
-        assert!(s.get(&a).is_none());
-        assert!(s.is_empty());
-    }
 
     #[test]
     fn cookies_are_parsed_by_name() {

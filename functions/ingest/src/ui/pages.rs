@@ -197,14 +197,18 @@ pub fn error_body(message: &str) -> String {
     )
 }
 
-/// The queues table.
-pub fn queues(rows: &[QueueRow]) -> String {
+/// The queues table; `rates` (submitted/s and finished/s over the last minute) is
+/// `None` while the last minute is still being read.
+pub fn queues(
+    rows: &[QueueRow],
+    rates: Option<&std::collections::HashMap<String, super::rates::Rate>>,
+) -> String {
     if rows.is_empty() {
         return r#"<p class="empty">No jobs yet.</p>"#.into();
     }
     let mut h = String::from(
-        r#"<div class="table-wrap"><table id="queues"><caption>Per queue: depth (waiting for a worker), running, and totals</caption>
-<thead><tr><th scope="col">Queue</th><th scope="col" class="num">Depth</th><th scope="col">Oldest queued</th><th scope="col" class="num">Running</th><th scope="col" class="num">Succeeded</th><th scope="col" class="num">Failed</th><th scope="col" class="num">Cancelled</th></tr></thead><tbody>"#,
+        r#"<div class="table-wrap"><table id="queues"><caption>Per queue: depth (waiting for a worker), running, rates over the last minute, and totals</caption>
+<thead><tr><th scope="col">Queue</th><th scope="col" class="num">Depth</th><th scope="col">Oldest queued</th><th scope="col" class="num">Running</th><th scope="col" class="num">Submitted/s</th><th scope="col" class="num">Finished/s</th><th scope="col" class="num">Succeeded</th><th scope="col" class="num">Failed</th><th scope="col" class="num">Cancelled</th></tr></thead><tbody>"#,
     );
     for r in rows {
         let q = esc(&r.queue);
@@ -213,9 +217,27 @@ pub fn queues(rows: &[QueueRow]) -> String {
             .as_ref()
             .map(|t| format!(r#"<time datetime="{}">{}</time>"#, t.to_rfc3339(), age(t)))
             .unwrap_or_else(|| "—".into());
+        let (sub, fin) = match rates {
+            None => ("—".to_string(), "—".to_string()),
+            Some(m) => {
+                let rate = m.get(&r.queue).copied().unwrap_or_default();
+                (
+                    format!(
+                        r#"<span title="{} in the last minute">{:.2}</span>"#,
+                        rate.submitted,
+                        rate.submitted_per_s()
+                    ),
+                    format!(
+                        r#"<span title="{} in the last minute">{:.2}</span>"#,
+                        rate.finished,
+                        rate.finished_per_s()
+                    ),
+                )
+            }
+        };
         let _ = write!(
             h,
-            r#"<tr data-queue="{q}"><th scope="row"><a href="/ui/jobs?queue={qe}">{q}</a></th><td class="num depth">{}</td><td>{oldest}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td></tr>"#,
+            r#"<tr data-queue="{q}"><th scope="row"><a href="/ui/jobs?queue={qe}">{q}</a></th><td class="num depth">{}</td><td>{oldest}</td><td class="num">{}</td><td class="num submitted-rate">{sub}</td><td class="num finished-rate">{fin}</td><td class="num">{}</td><td class="num">{}</td><td class="num">{}</td></tr>"#,
             r.pending,
             r.running,
             r.succeeded,

@@ -34,6 +34,7 @@ pub fn creds(tokens: &str) -> Credentials {
     Credentials {
         webhook_secrets: WebhookSecrets::parse(&format!("old-rotated-secret,{SECRET}")),
         api_tokens: ApiTokens::parse(tokens).unwrap(),
+        ..Credentials::default()
     }
 }
 

@@ -1,0 +1,458 @@
+//! `jetrun github` with the shipped least-privilege NATS users (`infra/nats/accounts.conf`)
+//! against a real nats-server and the real binary: `init` as the operator creates the
+//! github function's consumers and bucket, `serve` as `ingest` takes a webhook, `route` as
+//! `route` and `github` as `github` read it; an `issue_comment` command from an author
+//! without the required association is answered on the issue (through a local stand-in for
+//! the GitHub REST API, below: GitHub itself cannot be reached from a test) and starts no
+//! job, with no permission refused. Then the `github` credential tries what a thief would
+//! (submit a job, write a job record, delete its consumer) and is refused.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use jetrun_harness::{ServerOptions, ServerProcess, free_port};
+
+const BIN: &str = env!("CARGO_BIN_EXE_jetrun");
+/// Every user of the shipped config (the server needs each password to start).
+const USERS: [&str; 7] = [
+    "ingest",
+    "route",
+    "worker",
+    "autoscale",
+    "bridge",
+    "github",
+    "operator",
+];
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/github-webhooks");
+
+/// A child killed on drop.
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn pass(user: &str) -> String {
+    format!("{user}-gh-pass")
+}
+
+fn jetrun(url: &str, user: &str) -> Command {
+    let mut c = Command::new(BIN);
+    c.env("JETRUN_NATS_URL", url)
+        .env("JETRUN_NATS_USER", user)
+        .env("JETRUN_NATS_PASSWORD", pass(user))
+        .env_remove("JETRUN_NATS_TOKEN")
+        .env_remove("JETRUN_NATS_CREDS")
+        .env_remove("JETRUN_GITHUB_TOKEN");
+    c
+}
+
+/// Starts a command and waits until its stdout says `ready` or its log shows `marker`.
+fn start(mut cmd: Command, dir: &std::path::Path, name: &str, marker: Option<&str>) -> Proc {
+    let path = dir.join(format!("{name}.log"));
+    let log = std::fs::File::create(&path).unwrap();
+    let mut child = cmd.stdout(Stdio::piped()).stderr(log).spawn().unwrap();
+    let out = child.stdout.take().unwrap();
+    let proc = Proc(child);
+    match marker {
+        None => match BufReader::new(out).lines().next() {
+            Some(Ok(l)) if l.starts_with("ready") => proc,
+            other => panic!(
+                "{name} did not come up ({other:?}): {}",
+                std::fs::read_to_string(&path).unwrap_or_default()
+            ),
+        },
+        Some(marker) => {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                if text.contains(marker) {
+                    return proc;
+                }
+                assert!(Instant::now() < deadline, "{name} did not start: {text}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// What the GitHub stand-in saw: (method, path, body).
+type Seen = Arc<Mutex<Vec<(String, String, serde_json::Value)>>>;
+
+/// The GitHub REST API stand-in: records every request; a comment POST answers 201 with a
+/// new id, a GET of comments an empty list, a reaction 201.
+fn standin() -> (String, Seen) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let seen: Seen = Arc::default();
+    let s = seen.clone();
+    std::thread::spawn(move || {
+        for (n, sock) in l.incoming().enumerate() {
+            let Ok(mut sock) = sock else { return };
+            let mut buf = Vec::new();
+            let mut tmp = [0u8; 8192];
+            let (head, mut body) = loop {
+                let k = sock.read(&mut tmp).unwrap_or(0);
+                if k == 0 {
+                    break (String::new(), Vec::new());
+                }
+                buf.extend_from_slice(&tmp[..k]);
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break (
+                        String::from_utf8_lossy(&buf[..i]).to_string(),
+                        buf[i + 4..].to_vec(),
+                    );
+                }
+            };
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            while body.len() < len {
+                let k = sock.read(&mut tmp).unwrap_or(0);
+                if k == 0 {
+                    break;
+                }
+                body.extend_from_slice(&tmp[..k]);
+            }
+            let mut first = head.lines().next().unwrap_or("").split_whitespace();
+            let method = first.next().unwrap_or("").to_string();
+            let path = first.next().unwrap_or("").to_string();
+            let (status, answer) = if method == "GET" {
+                (200, "[]".to_string())
+            } else {
+                (201, format!("{{\"id\":{}}}", 7000 + n))
+            };
+            s.lock()
+                .unwrap()
+                .push((method, path, serde_json::from_slice(&body).unwrap_or_default()));
+            let _ = write!(
+                sock,
+                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                answer.len()
+            );
+        }
+    });
+    (url, seen)
+}
+
+fn http(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// A nats-server with the shipped config (passwords filled in) and `jetrun init` applied.
+struct Deployment {
+    dir: tempfile::TempDir,
+    _server: ServerProcess,
+    url: String,
+}
+
+impl Deployment {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let infra = concat!(env!("CARGO_MANIFEST_DIR"), "/../../infra/nats");
+        let conf = std::fs::read_to_string(format!("{infra}/jetrun.conf"))
+            .unwrap()
+            .replace("http: 127.0.0.1:8222", "")
+            .replace("store_dir: /var/lib/jetrun/jetstream", "");
+        let mut accounts = std::fs::read_to_string(format!("{infra}/accounts.conf")).unwrap();
+        assert!(accounts.contains("user: github,"), "no github user shipped");
+        for u in USERS {
+            accounts = accounts.replace(
+                &format!("$JETRUN_{}_PASSWORD", u.to_uppercase()),
+                &format!("\"{}\"", pass(u)),
+            );
+        }
+        std::fs::write(dir.path().join("accounts.conf"), accounts).unwrap();
+        let conf_path = dir.path().join("jetrun.conf");
+        std::fs::write(&conf_path, conf).unwrap();
+        let server = ServerProcess::spawn(ServerOptions {
+            addr: SocketAddr::from(([127, 0, 0, 1], free_port().unwrap())),
+            store_dir: dir.path().join("js"),
+            name: "github-perm".into(),
+            cluster: None,
+            log_file: dir.path().join("nats.log"),
+            extra_args: vec!["-c".into(), conf_path.display().to_string()],
+        })
+        .unwrap();
+        let url = server.url();
+        let out = jetrun(&url, "operator").arg("init").output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let report = String::from_utf8_lossy(&out.stdout).to_string();
+        for made in [
+            "consumer github\n",
+            "consumer github-jobs\n",
+            "bucket   jetrun-github\n",
+        ] {
+            assert!(report.contains(made), "init did not report {made:?}: {report}");
+        }
+        Self {
+            dir,
+            _server: server,
+            url,
+        }
+    }
+
+    async fn client(&self, user: &str) -> async_nats::Client {
+        async_nats::ConnectOptions::new()
+            .user_and_password(user.into(), pass(user))
+            .connect(&self.url)
+            .await
+            .unwrap()
+    }
+
+    fn violations(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.path().join("nats.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("Violation"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+}
+
+/// Asserts that one attempt was refused: an error or no answer (a denied publish is dropped).
+async fn refused<T, E: std::fmt::Debug>(what: &str, r: impl std::future::IntoFuture<Output = Result<T, E>>) {
+    if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(3), r.into_future()).await {
+        panic!("{what}: allowed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_answers_a_refused_command_with_only_its_own_permissions() {
+    let d = Deployment::start();
+    let (url, dir) = (d.url.clone(), d.dir.path().to_path_buf());
+    let (api, seen) = standin();
+
+    let rules = dir.join("rules.yaml");
+    std::fs::write(
+        &rules,
+        r#"version: 1
+rules:
+  - name: gh
+    match:
+      event: issue_comment
+      comment: '^/gh-test (?P<what>\w+)$'
+    guard:
+      allowed_associations: [OWNER, MEMBER]
+      command: '^/gh-test\b'
+    reply:
+      acknowledge: eyes
+    job:
+      queue: default
+      image: host
+      command: ["echo", "{{ what }}"]
+"#,
+    )
+    .unwrap();
+    let http_addr = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
+    let mut serve = jetrun(&url, "ingest");
+    serve.args(["serve", "--insecure-dev", "--listen", &http_addr.to_string()]);
+    let _serve = start(serve, &dir, "serve", None);
+    let mut route = jetrun(&url, "route");
+    route.args(["route", "--rules", &rules.display().to_string()]);
+    let _route = start(route, &dir, "route", Some("consumer host started"));
+    // The github function's settings through --config, one of them overridden by a flag.
+    let cfg = dir.join("github.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "rules_file: {}\napi_url: http://127.0.0.1:9/unused\npublic_url: https://jetrun.example\nattempts: 3\n",
+            rules.display()
+        ),
+    )
+    .unwrap();
+    let mut github = jetrun(&url, "github");
+    github.args([
+        "github",
+        "--config",
+        &cfg.display().to_string(),
+        "--github-api-url",
+        &api,
+    ]);
+    let _github = start(github, &dir, "github", Some("github function answering"));
+
+    // A drive-by commenter (association NONE) asks for a run.
+    let mut payload: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(format!("{FIXTURES}/issue_comment/created.payload.json")).unwrap(),
+    )
+    .unwrap();
+    payload["comment"]["body"] = "/gh-test now".into();
+    payload["comment"]["author_association"] = "NONE".into();
+    let repo = payload["repository"]["full_name"].as_str().unwrap().to_string();
+    let issue = payload["issue"]["number"].as_u64().unwrap();
+    let delivery = "9a1e3f7a-0000-4000-8000-000000000012";
+    let resp = http(
+        http_addr,
+        "/webhooks/github",
+        &[
+            ("X-GitHub-Event", "issue_comment"),
+            ("X-GitHub-Delivery", delivery),
+        ],
+        &payload.to_string(),
+    );
+    assert!(resp.starts_with("HTTP/1.1 2"), "{resp}");
+
+    // The refusal is posted on the issue, once.
+    let want_path = format!("/repos/{repo}/issues/{issue}/comments");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let posts = loop {
+        let posts: Vec<_> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(m, p, _)| m == "POST" && *p == want_path)
+            .cloned()
+            .collect();
+        if !posts.is_empty() || Instant::now() > deadline {
+            break posts;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(posts.len(), 1, "github log: {}", d.log("github"));
+    let body = posts[0].2["body"].as_str().unwrap_or_default();
+    assert!(body.contains(":no_entry:") && body.contains("NONE"), "{body}");
+
+    // ...and no job was started for it.
+    let job = jetrun_core::job::job_id_for_key("default", &jetrun_route::idempotency_key(delivery, "gh"));
+    let out = jetrun(&url, "operator")
+        .args(["jobs", "get", &job, "--json"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a refused command started job {job}");
+    assert!(
+        d.violations().is_empty(),
+        "the github function needs no refused permission: {:#?}\ngithub log: {}",
+        d.violations(),
+        d.log("github")
+    );
+
+    // The github credential, stolen: no job submission, no job record, no consumer changes.
+    let names = jetrun_core::Names::default();
+    let opjs = jetstream::new(d.client("operator").await);
+    let jobs_before = opjs
+        .get_stream(names.stream_jobs())
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    let gh = d.client("github").await;
+    let js = jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(1))
+        .ack_timeout(Duration::from_secs(1))
+        .build(gh.clone());
+    refused(
+        "github: publish a job submission",
+        js.publish(
+            format!("{}.job.submit.default", names.prefix()),
+            r#"{"queue":"default","image":"host","command":["true"]}"#.into(),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    refused(
+        "github: write the jobs bucket",
+        js.publish(format!("$KV.{}.forged", names.bucket_jobs()), "{}".into())
+            .await
+            .unwrap(),
+    )
+    .await;
+    refused(
+        "github: ask job control to submit",
+        gh.request(
+            format!("{}.ctl.submit", names.prefix()),
+            r#"{"queue":"default","image":"host","command":["true"]}"#.into(),
+        ),
+    )
+    .await;
+    refused(
+        "github: delete its consumer",
+        js.get_stream(names.stream_webhooks())
+            .await
+            .unwrap()
+            .delete_consumer("github"),
+    )
+    .await;
+
+    let jobs_after = opjs
+        .get_stream(names.stream_jobs())
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(jobs_before, jobs_after, "a submission got through");
+    let kv = opjs.get_key_value(names.bucket_jobs()).await.unwrap();
+    assert!(
+        kv.get("forged").await.unwrap().is_none(),
+        "a job record was written"
+    );
+    opjs.get_stream(names.stream_webhooks())
+        .await
+        .unwrap()
+        .consumer_info("github")
+        .await
+        .expect("the github consumer survives");
+    assert!(
+        !d.violations().is_empty(),
+        "the attempts were not refused by the server"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_without_its_consumer_says_to_run_init() {
+    let d = Deployment::start();
+    // An operator removed the consumer (or `init` predates the function): the `github`
+    // user may not create it, so the function stops and says what to do.
+    let names = jetrun_core::Names::default();
+    let opjs = jetstream::new(d.client("operator").await);
+    opjs.get_stream(names.stream_job_events())
+        .await
+        .unwrap()
+        .delete_consumer("github-jobs")
+        .await
+        .unwrap();
+    let rules = d.dir.path().join("rules.yaml");
+    std::fs::write(&rules, "version: 1\nrules: []\n").unwrap();
+    let out = jetrun(&d.url, "github")
+        .args(["github", "--rules", &rules.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("github-jobs") && err.contains("run `jetrun init`"),
+        "{err}"
+    );
+}
