@@ -40,7 +40,7 @@ command -v runc >/dev/null 2>&1 || missing+=(runc)
 command -v slirp4netns >/dev/null 2>&1 || missing+=(slirp4netns)
 [ -x /bin/busybox ] || missing+=(busybox-static)
 [ -x /usr/bin/tini-static ] || missing+=(tini)
-# The console's browser test (crates/cli/tests/console.rs) drives headless chromium
+# The console's browser test (cli/tests/console.rs) drives headless chromium
 # through chromedriver (WebDriver); both from Debian, no browser download.
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)

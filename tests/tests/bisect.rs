@@ -205,6 +205,18 @@ fn rules_file(dir: &Path) -> PathBuf {
       image: host
       # The write stops at the result tmpfs's 32 KiB (ENOSPC); the task still exits 0.
       command: ["sh", "-c", 'head -c 1000000 /dev/zero | tr "\0" a > "$JETRUN_RESULT"; exit 0']
+  - name: slow
+    match:
+      event: issue_comment
+      comment: '^/slow'
+    guard:
+      max_running_per_repository: 1
+    reply:
+      acknowledge: eyes
+    job:
+      queue: slow
+      image: host
+      command: ["sleep", "300"]
   - name: bad-json
     match:
       event: issue_comment
@@ -491,4 +503,87 @@ async fn the_bisect_bot_finds_the_planted_commit_and_answers_once() {
             .contains("not valid JSON"),
         "{bad}"
     );
+}
+
+/// Cancels a job (`jetrun jobs cancel`).
+fn cancel(dev: &Dev, id: &str) {
+    let o = Command::new(common::jetrun_bin())
+        .args(["jobs", "cancel", id])
+        .env("JETRUN_NATS_URL", &dev.nats)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// `guard.max_running_per_repository: 1`: a second command while the repository's first
+/// job is active is refused with an answer and starts nothing; once the first has ended
+/// the next command runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_command_for_a_busy_repository_is_refused_with_an_answer() {
+    assert!(
+        common::oci_available(),
+        "the jobs run in runc containers: needs root and runc (scripts/setup.sh)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (repo, _) = planted_repo(dir.path());
+    let (api, st) = standin().await;
+    let dev = start_dev(dir.path(), &rules_file(dir.path()), &api);
+    let active = |r: &Value| matches!(r["status"].as_str(), Some("queued" | "launching" | "running"));
+
+    let body = payload("/slow", &repo, "OWNER", 30, 3000);
+    assert_eq!(send(&dev, &delivery(20), &body).await, 202);
+    let first = until("the first job to run", &dev, Duration::from_secs(60), || {
+        jobs(&dev, "slow").into_iter().find(|j| j["status"] == "running")
+    })
+    .await;
+    let first_id = first["id"].as_str().unwrap().to_string();
+
+    // The second, and its redelivery: one answer, no job.
+    let body = payload("/slow again", &repo, "OWNER", 31, 3100);
+    assert_eq!(send(&dev, &delivery(21), &body).await, 202);
+    let refusal = until("the refusal", &dev, Duration::from_secs(30), || {
+        let g = st.lock().unwrap();
+        g.comments
+            .iter()
+            .find(|c| c.0.ends_with("/issues/31/comments"))
+            .map(|c| c.2.clone())
+    })
+    .await;
+    assert!(
+        refusal.contains("`slow` is already running for octo/app") && refusal.contains(&first_id),
+        "{refusal}"
+    );
+    assert_eq!(send(&dev, &delivery(21), &body).await / 100, 2);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let all = jobs(&dev, "slow");
+    assert_eq!(all.len(), 1, "the refused command started no job: {all:?}");
+    assert!(active(&all[0]), "{all:?}");
+    {
+        let g = st.lock().unwrap();
+        let on_31 = g
+            .comments
+            .iter()
+            .filter(|c| c.0.ends_with("/issues/31/comments"))
+            .count();
+        assert_eq!(on_31, 1, "one answer for the refusal: {:#?}", g.seen);
+    }
+
+    // Once the first has ended, the slot is free again.
+    cancel(&dev, &first_id);
+    until("the first job to end", &dev, Duration::from_secs(60), || {
+        jobs(&dev, "slow")
+            .into_iter()
+            .find(|j| j["id"] == first_id.as_str() && terminal(j))
+    })
+    .await;
+    let body = payload("/slow", &repo, "OWNER", 32, 3200);
+    assert_eq!(send(&dev, &delivery(22), &body).await, 202);
+    let second = until("a new job", &dev, Duration::from_secs(30), || {
+        jobs(&dev, "slow")
+            .into_iter()
+            .find(|j| j["id"] != first_id.as_str())
+    })
+    .await;
+    assert_eq!(second["spec"]["labels"]["github.issue"], "32", "{second}");
+    cancel(&dev, second["id"].as_str().unwrap());
 }

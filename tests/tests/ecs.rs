@@ -205,6 +205,10 @@ impl Rig {
                 "1s",
                 "--retry-base",
                 "200ms",
+                "--callback-secret",
+                CALLBACK_SECRET,
+                "--callback-allow-hosts",
+                "127.0.0.1/32",
             ],
             &[
                 ("JETRUN_NATS_URL", &nats),
@@ -243,13 +247,21 @@ impl Rig {
 
     /// `POST /v1/jobs` as an operator; returns the job id.
     async fn submit(&self, script: &str) -> String {
-        let spec = serde_json::json!({
+        self.submit_with(script, serde_json::json!({})).await
+    }
+
+    /// `POST /v1/jobs` with more spec fields (`extra`, merged in); returns the job id.
+    async fn submit_with(&self, script: &str, extra: serde_json::Value) -> String {
+        let mut spec = serde_json::json!({
             "queue": "default",
             "image": "busybox",
             "command": ["sh", "-c", script],
             "env": {"GREETING": "hi"},
             "resources": {"cpus": 0.5, "memory_mb": 1024}
         });
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
         let r = self
             .http
             .post(format!("{}/v1/jobs", self.api))
@@ -380,6 +392,80 @@ impl Rig {
     }
 }
 
+/// The secret keying HTTP completion callbacks in these tests.
+const CALLBACK_SECRET: &str = "callback-secret";
+
+/// A local HTTP endpoint recording completion callbacks (answers 200).
+struct CallbackReceiver {
+    addr: std::net::SocketAddr,
+    got: tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>>,
+}
+
+impl CallbackReceiver {
+    async fn start() -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = l.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let n = sock.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse().ok())?
+                            })
+                            .unwrap_or(0);
+                        if buf.len() < end + 4 + len {
+                            continue;
+                        }
+                        let body = buf[end + 4..end + 4 + len].to_vec();
+                        let _ = tx.send((head, body));
+                        let _ = sock
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                            .await;
+                        return;
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            got: tokio::sync::Mutex::new(rx),
+        }
+    }
+
+    /// The next request (head, body), waiting up to `within`.
+    async fn next(&self, within: Duration) -> (String, Vec<u8>) {
+        tokio::time::timeout(within, self.got.lock().await.recv())
+            .await
+            .expect("a completion callback in time")
+            .unwrap()
+    }
+
+    /// Whether no further request arrives within `within`.
+    async fn is_quiet(&self, within: Duration) -> bool {
+        tokio::time::timeout(within, self.got.lock().await.recv())
+            .await
+            .is_err()
+    }
+}
+
 fn tags(t: &aws_sdk_ecs::types::Task) -> BTreeMap<String, String> {
     t.tags()
         .iter()
@@ -390,7 +476,13 @@ fn tags(t: &aws_sdk_ecs::types::Task) -> BTreeMap<String, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn http_submit_becomes_an_ecs_task_and_the_bridge_event_ends_it_with_its_exit_code() {
     let r = Rig::start().await;
-    let ok = r.submit("echo done").await;
+    let hook = CallbackReceiver::start().await;
+    let ok = r
+        .submit_with(
+            "echo done",
+            serde_json::json!({"callback": {"http": format!("http://{}/done", hook.addr)}}),
+        )
+        .await;
     let bad = r.submit("exit 3").await;
     let ok_arn = r.running(&ok, 1).await;
     let bad_arn = r.running(&bad, 1).await;
@@ -467,6 +559,40 @@ async fn http_submit_becomes_an_ecs_task_and_the_bridge_event_ends_it_with_its_e
     );
     assert_eq!(j["error"]["kind"], "exit_code", "{j}");
     assert_eq!(j["attempt"], 1, "a job's own failure is not retried: {j}");
+
+    // The completion callback: signed, with the outcome, in the job's trace.
+    let (head, body) = hook.next(Duration::from_secs(15)).await;
+    assert!(head.starts_with("POST /done HTTP/1.1"), "{head}");
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["job_id"], ok.as_str(), "{v}");
+    assert_eq!(
+        (v["to"].as_str(), v["exit_code"].as_i64()),
+        (Some("succeeded"), Some(0)),
+        "{v}"
+    );
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| {
+                let (k, val) = l.split_once(':')?;
+                k.eq_ignore_ascii_case(name).then(|| val.trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("no {name} header in {head}"))
+    };
+    let mut mac =
+        <hmac::Hmac<sha2::Sha256> as hmac::KeyInit>::new_from_slice(CALLBACK_SECRET.as_bytes()).unwrap();
+    hmac::Mac::update(&mut mac, &body);
+    let want = format!("sha256={}", hex::encode(hmac::Mac::finalize(mac).into_bytes()));
+    assert_eq!(header("x-jetrun-signature-256"), want);
+    let trace_id = |tp: &str| tp.split('-').nth(1).unwrap().to_string();
+    assert_eq!(
+        trace_id(&header("traceparent")),
+        trace_id(env["TRACEPARENT"]),
+        "the callback continues the trace the ECS task was given"
+    );
+    assert!(
+        hook.is_quiet(Duration::from_millis(500)).await,
+        "one callback per job"
+    );
     // The worker lets go of the ended jobs' tasks (moto keeps tasks running until stopped).
     for arn in [&ok_arn, &bad_arn] {
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -1192,7 +1192,7 @@ fn jobs_run_as_ecs_tasks_and_their_state_reaches_nats_through_the_bridge() {
 }
 
 /// The NATS servers Terraform deploys get exactly the users and permissions of
-/// `infra/nats/accounts.conf` (the ones `crates/cli/tests/permissions.rs` attacks), with
+/// `infra/nats/accounts.conf` (the ones `cli/tests/permissions.rs` attacks), with
 /// the deployment's prefix templated in: least privilege must hold in the cloud too.
 #[test]
 fn terraform_nats_users_are_the_tested_least_privilege_users() {

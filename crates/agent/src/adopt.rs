@@ -80,22 +80,19 @@ impl Agent {
                     .unwrap_or(0),
             };
             info!(job_id = %rec.id, attempt = rec.attempt, task_ref = %info.task_ref, status = ?info.status, "adopting a task from a previous run");
-            self.spawn_supervisor(
-                Task {
-                    job_id: rec.id.clone(),
-                    attempt: rec.attempt,
-                    task_ref: info.task_ref.clone(),
-                    timeout: rec.spec.timeout(),
-                    started_at,
-                    lease_revision: rev,
-                    cancel_requested: rec.cancel_requested,
-                    traceparent: rec.traceparent.clone(),
-                    // Re-read from the record: the key is not kept on disk by the runner.
-                    attempt_key: rec.attempt_key.clone(),
-                    guard: None,
-                },
-                false,
-            );
+            self.spawn_supervisor(Task {
+                job_id: rec.id.clone(),
+                attempt: rec.attempt,
+                task_ref: info.task_ref.clone(),
+                timeout: rec.spec.timeout(),
+                started_at,
+                lease_revision: rev,
+                cancel_requested: rec.cancel_requested,
+                traceparent: rec.traceparent.clone(),
+                // Re-read from the record: the key is not kept on disk by the runner.
+                attempt_key: rec.attempt_key.clone(),
+                guard: None,
+            });
             report.adopted += 1;
         }
         Ok(report)

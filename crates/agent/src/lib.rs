@@ -11,7 +11,7 @@
 //!   message only delays the stop; and it keeps this node's entry in the `nodes` bucket
 //!   (per-key TTL), so the fleet is discoverable.
 //! - **Events** ([`events`]): it publishes `dev.jetrun.task.lifecycle.v1` on
-//!   `<prefix>.task.<phase>.<job_id>` (`started`, `exited` with the exit code and the
+//!   `<prefix>.task.<phase>.<job_id>` (`exited` with the exit code and the
 //!   job's result, `timed_out`, `stopped`, `lost`), each signed with the attempt's key
 //!   ([`signing`]: `Jetrun-Task-Signature`, over the whole body), so settle accepts only
 //!   the events of the node that runs the attempt. A final event is published before the

@@ -35,10 +35,11 @@ impl Agent {
         self.inner.runner.launch(req).await
     }
 
-    /// Supervises a launched task until it ends: publishes `started`, then its final
-    /// event, renewing the lease in between.
+    /// Supervises a launched task until it ends, renewing the lease, then publishes its
+    /// final event. No `started` event: dispatch has recorded `running` (with the task's
+    /// reference) before it hands the task over, and nothing reads one (issue 13).
     pub fn supervise(&self, task: Task) {
-        self.spawn_supervisor(task, true);
+        self.spawn_supervisor(task);
     }
 
     /// Stops the task of `job_id` as cancelled, if this agent runs it.
@@ -50,9 +51,8 @@ impl Agent {
         }
     }
 
-    /// Starts a supervisor; `announce`: publish `started` first (not for an adopted task,
-    /// whose `started` went out before the crash).
-    pub(crate) fn spawn_supervisor(&self, task: Task, announce: bool) {
+    /// Starts a supervisor of `task` (launched now, or adopted after a restart).
+    pub(crate) fn spawn_supervisor(&self, task: Task) {
         let (tx, rx) = mpsc::channel(2);
         lock(&self.inner.tasks).insert(
             task.job_id.clone(),
@@ -65,14 +65,14 @@ impl Agent {
         let inner = self.inner.clone();
         let span = tracing::info_span!("task", job_id = %task.job_id, attempt = task.attempt, task_ref = %task.task_ref);
         self.inner.tracker.spawn(tracing::Instrument::instrument(
-            async move { inner.supervise(task, rx, announce).await },
+            async move { inner.supervise(task, rx).await },
             span,
         ));
     }
 }
 
 impl Inner {
-    async fn supervise(self: Arc<Self>, task: Task, mut stop: mpsc::Receiver<StopReason>, announce: bool) {
+    async fn supervise(self: Arc<Self>, task: Task, mut stop: mpsc::Receiver<StopReason>) {
         // Dropped when this function returns: dispatch's slot frees last.
         let _guard = task.guard;
         let (timeout, started_at) = (task.timeout, task.started_at);
@@ -84,12 +84,6 @@ impl Inner {
             traceparent: task.traceparent,
             key: task.attempt_key,
         };
-        if announce {
-            let ev = self.event(&task, Ending::new(TaskPhase::Started, None, None));
-            if let Err(e) = self.publish(&ev, &task).await {
-                warn!(job_id = %task.job_id, error = %e, "started event not published");
-            }
-        }
         let lease = self.lease_for(&task.job_id, task.attempt);
         let mut lease_rev = lease_revision;
         let elapsed = (jetrun_core::now() - started_at).to_std().unwrap_or_default();

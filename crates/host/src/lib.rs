@@ -15,6 +15,10 @@
 //! - the consumer's last delivery (`max_deliver`) that fails in any way is dead-lettered
 //!   (`attempts_exhausted`), so no message is left undeliverable and unseen;
 //! - on shutdown (SIGTERM, Ctrl-C) it stops fetching and drains in-flight work.
+//!
+//! A function declares what it reads as [`Subscription`]s (created by `jetrun init`, bound
+//! with [`ConsumerHost::bind_to`]) and what each message must be as a [`Decode`]; wrapped
+//! with [`typed`], its handler receives only checked, decoded [`Event`]s.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -31,6 +35,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 pub use tokio_util::sync::CancellationToken as Shutdown;
+
+mod typed;
+pub use typed::{Decode, Event, Subscription, Typed, typed};
 
 /// A message handed to a handler.
 #[derive(Debug)]
@@ -200,6 +207,21 @@ impl ConsumerHost {
             names: names.clone(),
             config,
         })
+    }
+
+    /// Creates or updates `sub`'s consumer if this credential may (the operator's, as in
+    /// `jetrun dev`; a least-privilege one may not, and uses what `jetrun init` made),
+    /// then binds it.
+    pub async fn bind_to(
+        js: &jetstream::Context,
+        names: &Names,
+        sub: &Subscription,
+        config: HostConfig,
+    ) -> Result<Self, HostError> {
+        if let Err(e) = jetrun_nats::topology::ensure_consumer(js, &sub.stream, sub.consumer.clone()).await {
+            debug!(consumer = sub.name(), error = %e, "cannot create or update the consumer; binding it as it is");
+        }
+        Self::bind(js, names, &sub.stream, sub.name(), config).await
     }
 
     /// Runs until `shutdown` is cancelled, then drains in-flight work.

@@ -240,3 +240,93 @@ async fn shutdown_drains_in_flight_work() {
     // Progress kept them from being redelivered while they ran past the ack wait.
     assert_eq!(started.load(Ordering::SeqCst), 3);
 }
+
+#[tokio::test]
+async fn typed_handlers_get_only_checked_events_and_the_rest_is_dead_lettered() {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        n: u32,
+    }
+    let server = NatsServer::start().unwrap();
+    let js = jetstream::new(server.client().await);
+    let names = Names::default();
+    Topology::new(names.clone()).apply(&js).await.unwrap();
+    // Declared, not created: binding creates it (this credential may).
+    let sub = jetrun_host::Subscription {
+        stream: names.stream_tasks(),
+        consumer: consumer::pull::Config {
+            durable_name: Some("typed".into()),
+            filter_subject: "jetrun.task.exited.>".into(),
+            ack_wait: Duration::from_secs(2),
+            ..Default::default()
+        },
+    };
+    publish(&js, "jetrun.task.exited.ok", r#"{"n": 7}"#).await;
+    publish(&js, "jetrun.task.exited.notjson", "not json").await;
+    publish(&js, "jetrun.task.exited.wrongtype", r#"{"n": "seven"}"#).await;
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let handler = jetrun_host::typed(
+        jetrun_host::Decode::body(),
+        move |ev: jetrun_host::Event<Body>| {
+            let s = s.clone();
+            async move {
+                s.lock().unwrap().push((ev.msg.subject.clone(), ev.event.n));
+                Ok(())
+            }
+        },
+    );
+    let shutdown = CancellationToken::new();
+    let host = ConsumerHost::bind_to(&js, &names, &sub, config(2)).await.unwrap();
+    let task = tokio::spawn(host.run(handler, shutdown.clone()));
+    let start = Instant::now();
+    while jetrun_nats::dlq::count(&js, &names).await.unwrap() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(15), "no dead letters");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let items = jetrun_nats::dlq::list(&js, &names, 0, 10).await.unwrap();
+    for suffix in ["notjson", "wrongtype"] {
+        let dl = items.iter().find(|s| s.entry.subject.ends_with(suffix)).unwrap();
+        assert_eq!(dl.entry.reason_kind, "schema", "{suffix}");
+        assert!(
+            dl.entry.reason.contains(&format!("jetrun.task.exited.{suffix}")),
+            "{}",
+            dl.entry.reason
+        );
+    }
+    wait_until(|| !seen.lock().unwrap().is_empty(), "the valid event").await;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![("jetrun.task.exited.ok".to_string(), 7)]
+    );
+
+    // A CloudEvent type is required by `Decode::event`: none at all is the chosen kind.
+    let decode =
+        jetrun_host::Decode::event(jetrun_core::schema::types::TASK_LIFECYCLE).wrong_type_is("forged");
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+    publish(&js, "jetrun.task.exited.noheaders", r#"{"n": 1}"#).await;
+    let seen2 = Arc::new(AtomicUsize::new(0));
+    let s2 = seen2.clone();
+    let handler = jetrun_host::typed(decode, move |_ev: jetrun_host::Event<serde_json::Value>| {
+        s2.fetch_add(1, Ordering::SeqCst);
+        async { Ok(()) }
+    });
+    let shutdown = CancellationToken::new();
+    let host = ConsumerHost::bind_to(&js, &names, &sub, config(2)).await.unwrap();
+    let task = tokio::spawn(host.run(handler, shutdown.clone()));
+    let start = Instant::now();
+    while jetrun_nats::dlq::count(&js, &names).await.unwrap() < 3 {
+        assert!(start.elapsed() < Duration::from_secs(15), "no third dead letter");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let items = jetrun_nats::dlq::list(&js, &names, 0, 10).await.unwrap();
+    let dl = items
+        .iter()
+        .find(|s| s.entry.subject.ends_with("noheaders"))
+        .unwrap();
+    assert_eq!(dl.entry.reason_kind, "forged");
+    assert_eq!(seen2.load(Ordering::SeqCst), 0, "the handler never saw it");
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
+}

@@ -10,8 +10,15 @@
 //!   `checkout.token_env` (which must start with `JETRUN_GIT_TOKEN`) and reaches git as an
 //!   `http.extraHeader` through `GIT_CONFIG_*` environment variables: it is written
 //!   neither into the clone's `.git/config` nor into the task's environment;
+//! - `token_env: JETRUN_GIT_TOKEN_GITHUB_APP` ([`APP_TOKEN_ENV`]) asks for a GitHub App
+//!   installation token instead: the worker, configured with `JETRUN_GITHUB_APP_ID` and
+//!   `JETRUN_GITHUB_APP_KEY_FILE` (and `JETRUN_GITHUB_API_URL` for GitHub Enterprise),
+//!   finds the App's installation on the repository and mints a token for it ([`app`]),
+//!   only for a clone URL on that GitHub's host;
 //! - the clone is bounded in time ([`CheckoutConfig::timeout_seconds`]) and, for OCI
 //!   tasks, in size (it lands in the task's `/work` tmpfs).
+
+pub mod app;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -54,6 +61,50 @@ impl Default for CheckoutConfig {
 
 fn invalid(msg: impl Into<String>) -> RunnerError {
     RunnerError::new(RunnerErrorKind::InvalidSpec, msg)
+}
+
+/// The `checkout.token_env` that asks the worker for a GitHub App installation token
+/// (its App: `JETRUN_GITHUB_APP_ID`, `JETRUN_GITHUB_APP_KEY_FILE`) rather than naming a
+/// variable holding a token.
+pub const APP_TOKEN_ENV: &str = "JETRUN_GIT_TOKEN_GITHUB_APP";
+
+/// The worker's GitHub App, read from the environment once (tokens are cached in it).
+fn worker_app() -> Result<&'static app::AppAuth, RunnerError> {
+    static APP: std::sync::OnceLock<Result<Option<app::AppAuth>, String>> = std::sync::OnceLock::new();
+    match APP.get_or_init(|| app::AppAuth::from_env().map_err(|e| e.to_string())) {
+        Ok(Some(a)) => Ok(a),
+        Ok(None) => Err(invalid(format!(
+            "checkout token_env {APP_TOKEN_ENV} needs a GitHub App on this worker: \
+             set JETRUN_GITHUB_APP_ID and JETRUN_GITHUB_APP_KEY_FILE"
+        ))),
+        Err(e) => Err(invalid(e.clone())),
+    }
+}
+
+/// An installation token of `app` for the GitHub repository `clone_url` names: the
+/// App's installation on it, then the (cached) token. Refused for a URL on another host.
+pub async fn app_clone_token(app: &app::AppAuth, clone_url: &str) -> Result<String, RunnerError> {
+    let Some(repo) = app::github_repository(app.api_url(), clone_url) else {
+        return Err(invalid(format!(
+            "checkout token_env {APP_TOKEN_ENV}: {clone_url} is not an https repository on the \
+             GitHub of {} (an App token is sent to GitHub only)",
+            app.api_url()
+        )));
+    };
+    let kind = |e: &app::AppError| {
+        if e.is_transient() {
+            RunnerErrorKind::Runtime
+        } else {
+            RunnerErrorKind::InvalidSpec
+        }
+    };
+    let installation = app
+        .repository_installation(&repo)
+        .await
+        .map_err(|e| RunnerError::new(kind(&e), format!("GitHub App installation on {repo}: {e}")))?;
+    app.installation_token(installation)
+        .await
+        .map_err(|e| RunnerError::new(kind(&e), format!("GitHub App token for {repo}: {e}")))
 }
 
 /// Clones `c` into the empty directory `dest` and checks out `c.git_ref` detached;
@@ -122,8 +173,12 @@ pub(crate) async fn clone_into(
         if !name.starts_with("JETRUN_GIT_TOKEN") {
             return Err(invalid("checkout token_env must start with JETRUN_GIT_TOKEN"));
         }
-        let token = std::env::var(name)
-            .map_err(|_| invalid(format!("checkout token_env {name} is not set on this worker")))?;
+        let token = if name == APP_TOKEN_ENV {
+            app_clone_token(worker_app()?, &c.repo).await?
+        } else {
+            std::env::var(name)
+                .map_err(|_| invalid(format!("checkout token_env {name} is not set on this worker")))?
+        };
         let basic = base64(format!("x-access-token:{token}").as_bytes());
         cfgs.push(("http.extraHeader".into(), format!("Authorization: Basic {basic}")));
     }

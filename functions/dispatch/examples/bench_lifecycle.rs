@@ -9,7 +9,13 @@
 //! subscribes a second connection to every subject and prints the server operations per
 //! job by kind — the per-stage table of docs/bench-lifecycle.md; it loads the server, so
 //! its jobs/s are not the benchmark's).
+//!
+//! Run as is, it measures the cost of observability ([`obs`]): `BENCH_ROUNDS` (3) pairs of
+//! runs as child processes, observability off and on, and their jobs/s side by side.
+//! `BENCH_OBS=off` (or `on`) runs one mode alone, as the benchmark did before.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod obs;
 
 // The allocator the `jetrun` binary ships with, so the benchmark measures what runs.
 #[global_allocator]
@@ -35,11 +41,21 @@ fn pct(v: &mut [Duration], p: f64) -> Duration {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-#[tokio::main]
-async fn main() {
-    // BENCH_OTEL=1 (with --features jetrun-telemetry/otel and OTEL_EXPORTER_OTLP_ENDPOINT):
-    // the cost of span export, against the same run without it.
-    let _telemetry = std::env::var_os("BENCH_OTEL").map(|_| jetrun_telemetry::init("text"));
+fn main() {
+    match obs::mode() {
+        None => obs::compare("job lifecycle (NullRunner)", "jobs/s", "job", |l| {
+            l.starts_with("lifecycle") || l.starts_with("submit→running latency under")
+        }),
+        Some(on) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(bench(on)),
+    }
+}
+
+async fn bench(observability: bool) {
+    let _telemetry = obs::init(observability, "jetrun-bench-lifecycle");
     let jobs = env_usize("BENCH_JOBS", 5000);
     let in_flight = env_usize("BENCH_IN_FLIGHT", 256);
     let server = jetrun_harness::NatsServer::start().unwrap();
@@ -78,6 +94,23 @@ async fn main() {
         .await
         .unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
+    if observability {
+        // What a Prometheus scrape of `/metrics` does: gauges refreshed from NATS, then the
+        // registry rendered.
+        let (ctx, sd) = (ctx.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(obs::SCRAPE_EVERY);
+            loop {
+                tokio::select! {
+                    _ = sd.cancelled() => break,
+                    _ = tick.tick() => {
+                        jetrun_host::refresh_metrics(&ctx).await;
+                        std::hint::black_box(jetrun_telemetry::metrics::render());
+                    }
+                }
+            }
+        });
+    }
     let runner: Arc<dyn jetrun_runner::Runner> = Arc::new(jetrun_runner::null::NullRunner::new());
     let (agent, _, agent_task) = jetrun_agent::Agent::start(
         ctx.clone(),
@@ -294,6 +327,7 @@ async fn main() {
     }
     println!("baseline raw KV put: {kv_rate:.0} puts/s ({puts} puts, {in_flight} in flight)");
     println!("ratio: one job costs {:.1} raw puts", kv_rate / rate.max(1e-9));
+    obs::result(rate, kv_rate, (done + quiet.len()) as u64);
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(20), async {
         let _ = d.await;

@@ -33,9 +33,9 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::PullConsumer;
 use jetrun_agent::{Agent, EndGuard, Task};
 use jetrun_core::job::Transition;
-use jetrun_core::schema::{self, types};
+use jetrun_core::schema::types;
 use jetrun_core::{Envelope, JobError, JobRecord, JobSpec, JobStatus};
-use jetrun_host::{ConsumerHost, Context, HandlerError, HostConfig, Incoming, transient};
+use jetrun_host::{ConsumerHost, Context, Decode, Event, HandlerError, HostConfig, transient};
 use jetrun_nats::lifecycle::{AttemptOutcome, Lifecycle, RetryPolicy, error_chain, lock};
 use jetrun_nats::store::Lease;
 use jetrun_nats::{EventPublisher, StoreError, StoreErrorKind, Topology};
@@ -44,6 +44,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+
+/// What a submission must be: a `job.submitted` CloudEvent whose body matches the job
+/// submission schema (checked once, by the host).
+pub const SUBMISSION: Decode = Decode::event(types::JOB_SUBMITTED);
 
 /// Dispatch configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -276,10 +280,10 @@ impl Dispatcher {
         let this = self.clone();
         let res = host
             .run(
-                move |m: Incoming| {
+                jetrun_host::typed(SUBMISSION, move |ev: Event<JobSpec>| {
                     let this = this.clone();
-                    async move { this.handle(m).await }
-                },
+                    async move { this.handle(ev).await }
+                }),
                 shutdown,
             )
             .await
@@ -293,21 +297,13 @@ impl Dispatcher {
 
     /// Handles one submission (the function itself; the host acks, retries or
     /// dead-letters according to the result).
-    pub async fn handle(&self, msg: Incoming) -> Result<(), HandlerError> {
+    pub async fn handle(&self, ev: Event<JobSpec>) -> Result<(), HandlerError> {
+        let Event { event: spec, msg } = ev;
+        // The host checked the envelope (SUBMISSION), so it is there.
         let env = msg
             .envelope
             .as_ref()
             .map_err(|e| HandlerError::permanent("invalid_event", format!("not a CloudEvent: {e}")))?;
-        if env.ty != types::JOB_SUBMITTED {
-            return Err(HandlerError::permanent(
-                "invalid_event",
-                format!("unexpected event type {:?} on a submission subject", env.ty),
-            ));
-        }
-        let value = schema::validate(types::JOB_SUBMITTED, &msg.payload)
-            .map_err(|e| HandlerError::permanent("schema", e.to_string()))?;
-        let spec: JobSpec =
-            serde_json::from_value(value).map_err(|e| HandlerError::permanent("schema", e.to_string()))?;
         let subject_queue = msg.subject.rsplit('.').next().unwrap_or_default();
         if spec.queue != subject_queue {
             return Err(HandlerError::permanent(

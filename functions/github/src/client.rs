@@ -1,9 +1,17 @@
 //! A small GitHub REST client: issue comments, reactions, and the retry policy GitHub
 //! asks integrators to follow (backoff on 5xx; on a secondary rate limit wait
 //! `Retry-After`, on an exhausted primary limit until `x-ratelimit-reset`).
+//!
+//! Authentication: a fixed token, or a GitHub App ([`AppAuth`]): each call then carries
+//! `Authorization: Bearer <installation token>` for the installation the client is bound
+//! to ([`Client::for_installation`], from the webhook's `installation.id`), or, without
+//! one, the App's installation on the repository the call names.
+
+use std::sync::Arc;
 
 use std::time::Duration;
 
+pub use jetrun_runner::checkout::app::{AppAuth, AppError};
 use serde_json::{Value, json};
 use tracing::{debug, warn};
 
@@ -40,12 +48,26 @@ impl GithubError {
     }
 }
 
+/// How calls authenticate.
+#[derive(Debug, Clone)]
+enum Auth {
+    /// Unauthenticated (a stand-in).
+    None,
+    /// A PAT or an installation token minted elsewhere.
+    Token(String),
+    /// Installation tokens minted by the App.
+    App {
+        app: Arc<AppAuth>,
+        installation: Option<u64>,
+    },
+}
+
 /// The client.
 #[derive(Debug, Clone)]
 pub struct Client {
     http: reqwest::Client,
     base: String,
-    token: Option<String>,
+    auth: Auth,
     attempts: u32,
     max_wait: Duration,
 }
@@ -73,10 +95,56 @@ impl Client {
                 .timeout(Duration::from_secs(20))
                 .build()?,
             base: base.trim_end_matches('/').to_string(),
-            token,
+            auth: token.map(Auth::Token).unwrap_or(Auth::None),
             attempts: attempts.max(1),
             max_wait,
         })
+    }
+
+    /// A client authenticating as the GitHub App `app` (its API URL is the base).
+    pub fn with_app(app: Arc<AppAuth>, attempts: u32, max_wait: Duration) -> Result<Self, reqwest::Error> {
+        let mut c = Self::new(app.api_url(), None, attempts, max_wait)?;
+        c.auth = Auth::App {
+            app,
+            installation: None,
+        };
+        Ok(c)
+    }
+
+    /// This client bound to App installation `installation` (the webhook's
+    /// `installation.id`); without an App, or with `None`, the same client.
+    pub fn for_installation(&self, installation: Option<u64>) -> Self {
+        let mut c = self.clone();
+        if let (Auth::App { installation: i, .. }, Some(id)) = (&mut c.auth, installation) {
+            *i = Some(id);
+        }
+        c
+    }
+
+    /// The `Authorization` value for a call to `path`; an App's installation token for
+    /// the bound installation, else for the installation on the repository in `path`.
+    async fn authorization(&self, path: &str) -> Result<Option<(String, Option<u64>)>, AppError> {
+        match &self.auth {
+            Auth::None => Ok(None),
+            Auth::Token(t) => Ok(Some((format!("Bearer {t}"), None))),
+            Auth::App { app, installation } => {
+                let id = match installation {
+                    Some(id) => *id,
+                    None => {
+                        let repo = path
+                            .strip_prefix("/repos/")
+                            .and_then(|r| {
+                                let mut p = r.split('/');
+                                Some(format!("{}/{}", p.next()?, p.next()?))
+                            })
+                            .ok_or_else(|| AppError::Config(format!("no installation for {path}")))?;
+                        app.repository_installation(&repo).await?
+                    }
+                };
+                let token = app.installation_token(id).await?;
+                Ok(Some((format!("Bearer {token}"), Some(id))))
+            }
+        }
     }
 
     /// Posts a comment on issue or pull request `issue` of `repo`; returns its id.
@@ -203,9 +271,21 @@ impl Client {
             .request(method, format!("{}{path}", self.base))
             .header("Accept", "application/vnd.github+json")
             .header("X-GitHub-Api-Version", "2022-11-28");
-        if let Some(t) = &self.token {
-            req = req.bearer_auth(t);
-        }
+        let installation = match self.authorization(path).await {
+            Ok(Some((value, installation))) => {
+                req = req.header("Authorization", value);
+                installation
+            }
+            Ok(None) => None,
+            Err(e) if e.is_transient() => return Next::Retry(Duration::ZERO, e.to_string()),
+            Err(e) => {
+                return Next::Fail(GithubError::Refused {
+                    status: 401,
+                    what: what.to_string(),
+                    body: format!("GitHub App: {e}"),
+                });
+            }
+        };
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -229,6 +309,16 @@ impl Client {
             return Next::Done(serde_json::from_str(&text).unwrap_or(Value::Null));
         }
         let short: String = text.chars().take(300).collect();
+        if status == 401
+            && let (Auth::App { app, .. }, Some(id)) = (&self.auth, installation)
+        {
+            // A revoked or expired-early installation token: mint a new one next try.
+            app.forget(id).await;
+            return Next::Retry(
+                Duration::ZERO,
+                format!("401 with installation {id}'s token: {short}"),
+            );
+        }
         // Rate limits (docs.github.com, "Rate limits for the REST API"): a secondary
         // limit says Retry-After; a spent primary limit says remaining 0 and when it resets.
         if status == 403 || status == 429 {

@@ -18,6 +18,14 @@
 //! event finds the claim and posts nothing; a claim whose post may or may not have
 //! happened (a crash, a lost answer, a 502) is settled by looking for the marker on the
 //! issue before posting again. So one job gets one comment (decision 36).
+//!
+//! Authentication: a token ([`Config::token_file`], `JETRUN_GITHUB_TOKEN`) or a GitHub
+//! App ([`Config::app_id`] and [`Config::app_key_file`]): installation tokens are minted
+//! for the installation of each event (`installation.id`, carried on jobs as the label
+//! `github.installation`) and cached until five minutes before they expire (decision 40).
+//!
+//! A rule with `guard.max_running_per_repository` is decided by route (slots, decision
+//! 41); this function reads route's verdict and answers a refusal.
 
 pub mod client;
 
@@ -36,7 +44,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-pub use client::{Client, GithubError};
+pub use client::{AppAuth, AppError, Client, GithubError};
 
 /// Settings of the github function.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,8 +56,15 @@ pub struct Config {
     /// `https://<host>/api/v3`).
     pub api_url: String,
     /// A file holding the token (a PAT or an App installation token); else
-    /// `JETRUN_GITHUB_TOKEN`. Without either, calls go unauthenticated (a stand-in).
+    /// `JETRUN_GITHUB_TOKEN`. Without either (and without an App), calls go
+    /// unauthenticated (a stand-in).
     pub token_file: Option<PathBuf>,
+    /// The GitHub App's id (default none). With [`Config::app_key_file`], calls use
+    /// installation tokens the App mints, and no token is read.
+    pub app_id: Option<u64>,
+    /// The GitHub App's private key, a PEM file as GitHub hands it out (a mounted secret;
+    /// default none).
+    pub app_key_file: Option<PathBuf>,
     /// Base URL of the jetrun API for the logs link (default `http://127.0.0.1:8080`).
     pub public_url: String,
     /// Attempts per GitHub call (default 6).
@@ -67,6 +82,8 @@ impl Default for Config {
             rules_file: None,
             api_url: "https://api.github.com".into(),
             token_file: None,
+            app_id: None,
+            app_key_file: None,
             public_url: "http://127.0.0.1:8080".into(),
             attempts: 6,
             max_wait: Duration::from_secs(60),
@@ -99,8 +116,9 @@ pub const WEBHOOK_CONSUMER: &str = "github";
 pub const JOBS_CONSUMER: &str = "github-jobs";
 
 /// The claims bucket: `<prefix>-github`.
+/// Route's per-repository slots and verdicts live here too ([`jetrun_route::limit`]).
 pub fn bucket_name(names: &jetrun_core::Names) -> String {
-    format!("{}-github", names.prefix())
+    jetrun_route::limit::state_bucket(names)
 }
 
 struct Shared {
@@ -170,6 +188,23 @@ pub fn bucket_config(names: &jetrun_core::Names) -> kv::Config {
     }
 }
 
+/// A client with the configured token (file, else `JETRUN_GITHUB_TOKEN`, else none).
+fn token_client(config: &Config) -> Result<Client, GithubFnError> {
+    let token = match &config.token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| GithubFnError::Setup(format!("token file {}: {e}", p.display())))?
+                .trim()
+                .to_string(),
+        ),
+        None => std::env::var("JETRUN_GITHUB_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
+    };
+    Client::new(&config.api_url, token, config.attempts, config.max_wait)
+        .map_err(|e| GithubFnError::Setup(e.to_string()))
+}
+
 /// Starts both consumers and answers until `shutdown`.
 pub async fn run(
     ctx: jetrun_host::Context,
@@ -183,19 +218,21 @@ pub async fn run(
             Rules::default()
         }
     };
-    let token = match &config.token_file {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .map_err(|e| GithubFnError::Setup(format!("token file {}: {e}", p.display())))?
-                .trim()
-                .to_string(),
-        ),
-        None => std::env::var("JETRUN_GITHUB_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty()),
+    let client = match (config.app_id, &config.app_key_file) {
+        (Some(id), Some(key)) => {
+            let app = AppAuth::from_key_file(id, key, &config.api_url)
+                .map_err(|e| GithubFnError::Setup(e.to_string()))?;
+            info!(app_id = id, "authenticating as a GitHub App");
+            Client::with_app(Arc::new(app), config.attempts, config.max_wait)
+                .map_err(|e| GithubFnError::Setup(e.to_string()))?
+        }
+        (None, None) => token_client(&config)?,
+        _ => {
+            return Err(GithubFnError::Setup(
+                "a GitHub App needs both app_id and app_key_file".into(),
+            ));
+        }
     };
-    let client = Client::new(&config.api_url, token, config.attempts, config.max_wait)
-        .map_err(|e| GithubFnError::Setup(e.to_string()))?;
     let names = ctx.names.clone();
     let bucket = bucket_name(&names);
     // `jetrun init` (and `jetrun dev`) made the bucket and consumers: this function's
@@ -279,20 +316,51 @@ async fn on_webhook(s: &Shared, msg: Incoming) -> Result<(), HandlerError> {
         return Ok(());
     };
     let delivery = env.id.clone();
+    let client = s
+        .client
+        .for_installation(payload.pointer("/installation/id").and_then(Value::as_u64));
     for m in s.rules.evaluate(&event, &payload, &delivery) {
         let Some(target) = &m.reply else { continue };
         let answer = match (&m.refused, &m.job) {
             (Some(why), _) => why.clone(),
             (None, Err(why)) => format!("Cannot run `{}`: {why}", m.rule),
             (None, Ok(spec)) => match jetrun_nats::submit::validate(spec, &s.names) {
-                Ok(()) => continue,
+                Ok(()) => match limit_refusal(s, &m.rule, &delivery).await? {
+                    Some(why) => why,
+                    None => continue,
+                },
                 Err(e) => format!("Cannot run `{}`: {e}", m.rule),
             },
         };
         let key = format!("refused.{}.{}", sanitize(&delivery), m.rule);
-        post_once(s, &key, target, &format!(":no_entry: {answer}")).await?;
+        post_once(s, &client, &key, target, &format!(":no_entry: {answer}")).await?;
     }
     Ok(())
+}
+
+/// Route's refusal of `rule` for `delivery` under `guard.max_running_per_repository`
+/// (decision 41), `None` when the rule has no limit or route admitted the job. Route
+/// decides; until it has, the event is retried.
+async fn limit_refusal(s: &Shared, rule: &str, delivery: &str) -> Result<Option<String>, HandlerError> {
+    let limited = s
+        .rules
+        .rules
+        .iter()
+        .any(|r| r.name == rule && r.max_running_per_repository.is_some());
+    if !limited {
+        return Ok(None);
+    }
+    let key = jetrun_route::limit::verdict_key(delivery, rule);
+    match s.claims.get(&key).await.map_err(transient)? {
+        Some(v) => Ok(match jetrun_route::limit::Verdict::decode(&v) {
+            Some(jetrun_route::limit::Verdict::Refused(why)) => Some(why),
+            _ => None,
+        }),
+        None => Err(HandlerError::retry(
+            format!("route has not decided {rule} for {delivery} yet"),
+            Duration::from_secs(1),
+        )),
+    }
 }
 
 /// A job state change: acknowledge at admission, answer at the end.
@@ -307,6 +375,11 @@ async fn on_job_event(s: &Shared, msg: Incoming) -> Result<(), HandlerError> {
         debug!(job_id = %rec.id, "reply labels incomplete; nothing to answer");
         return Ok(());
     };
+    let client = s.client.for_installation(
+        labels
+            .get(jetrun_route::INSTALLATION_LABEL)
+            .and_then(|i| i.parse().ok()),
+    );
     let rule = labels.get("jetrun.rule").cloned().unwrap_or_default();
     let reply = s
         .rules
@@ -330,11 +403,11 @@ async fn on_job_event(s: &Shared, msg: Incoming) -> Result<(), HandlerError> {
                     rec.id,
                     logs_url(s, rec)
                 );
-                post_once(s, &key, &target, &body).await?;
+                post_once(s, &client, &key, &target, &body).await?;
             }
             (content, Some(cid)) => {
                 if claim(s, &key).await? != Claim::Done {
-                    match s.client.react(&target.repository, cid, content).await {
+                    match client.react(&target.repository, cid, content).await {
                         Ok(()) => done(s, &key, "reacted").await?,
                         Err(e) if e.is_transient() => return Err(transient(e)),
                         Err(e) => warn!(job_id = %rec.id, error = %e, "acknowledgement refused by GitHub"),
@@ -345,7 +418,14 @@ async fn on_job_event(s: &Shared, msg: Incoming) -> Result<(), HandlerError> {
     }
     if change.to.is_terminal() {
         let body = render(s, &rule, &reply, rec);
-        post_once(s, &format!("posted.{}", sanitize(&rec.id)), &target, &body).await?;
+        post_once(
+            s,
+            &client,
+            &format!("posted.{}", sanitize(&rec.id)),
+            &target,
+            &body,
+        )
+        .await?;
     }
     Ok(())
 }
@@ -474,7 +554,13 @@ async fn done(s: &Shared, key: &str, what: &str) -> Result<(), HandlerError> {
 
 /// Posts `body` once for `key`: claim, look for an earlier post of it if the claim was
 /// not ours, post, mark done.
-async fn post_once(s: &Shared, key: &str, t: &ReplyTarget, body: &str) -> Result<(), HandlerError> {
+async fn post_once(
+    s: &Shared,
+    client: &Client,
+    key: &str,
+    t: &ReplyTarget,
+    body: &str,
+) -> Result<(), HandlerError> {
     let marker = format!("<!-- jetrun:{key} -->");
     let since = match claim(s, key).await? {
         Claim::Done => {
@@ -491,10 +577,9 @@ async fn post_once(s: &Shared, key: &str, t: &ReplyTarget, body: &str) -> Result
     // (the answer to a POST can be lost after GitHub stored it: a 502, a timeout).
     let mut look = since.is_some();
     let mut last = String::new();
-    for attempt in 0..s.client.attempts() {
+    for attempt in 0..client.attempts() {
         if look {
-            match s
-                .client
+            match client
                 .find_comment(&t.repository, t.issue, &marker, check_since)
                 .await
             {
@@ -507,7 +592,7 @@ async fn post_once(s: &Shared, key: &str, t: &ReplyTarget, body: &str) -> Result
                 Err(e) => warn!(%key, error = %e, "cannot list the issue's comments"),
             }
         }
-        match s.client.comment_checked(&t.repository, t.issue, &full).await {
+        match client.comment_checked(&t.repository, t.issue, &full).await {
             Ok(id) => {
                 info!(%key, repo = %t.repository, issue = t.issue, comment_id = id, "answer posted");
                 return done(s, key, &id.to_string()).await;

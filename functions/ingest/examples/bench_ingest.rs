@@ -4,7 +4,17 @@
 //! same server in the same run; then p50/p99 at a fixed offered rate (open loop).
 //!
 //! `cargo run --release -p jetrun-ingest --example bench_ingest [-- N RATE SECONDS]`
+//!
+//! Run as is, it measures the cost of observability (`obs`, shared with
+//! `bench_lifecycle`): `BENCH_ROUNDS` (3) pairs of runs as child processes, observability
+//! off and on (span export to a local OTLP sink, `/metrics` scraped every second over
+//! HTTP, EMF every second), and their webhooks/s side by side. `BENCH_OBS=off` (or `on`)
+//! runs one mode alone, as the benchmark did before.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+// One copy of the comparison for both benchmarks.
+#[path = "../../dispatch/examples/obs/mod.rs"]
+mod obs;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,8 +78,21 @@ fn report(name: &str, n: usize, elapsed: Duration, lat: &mut [Duration]) {
     );
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    match obs::mode() {
+        None => obs::compare("webhooks through ingest", "webhooks/s", "webhook", |l| {
+            l.starts_with("ingest:") || l.starts_with("ingest at")
+        }),
+        Some(on) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(bench(on)),
+    }
+}
+
+async fn bench(observability: bool) {
+    let _telemetry = obs::init(observability, "jetrun-bench-ingest");
     let args: Vec<String> = std::env::args().collect();
     let n: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(20_000);
     let rate: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2_000);
@@ -87,12 +110,37 @@ async fn main() {
         api_tokens: ApiTokens::default(),
         ..Credentials::default()
     };
+    let shutdown = CancellationToken::new();
+    if observability {
+        // `--metrics-listen` as a deployment runs it, scraped every second over HTTP.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/metrics", listener.local_addr().unwrap());
+        tokio::spawn(jetrun_ingest::serve(
+            listener,
+            jetrun_ingest::metrics_router(ctx.clone()),
+            shutdown.clone(),
+        ));
+        let sd = shutdown.clone();
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut tick = tokio::time::interval(obs::SCRAPE_EVERY);
+            loop {
+                tokio::select! {
+                    _ = sd.cancelled() => break,
+                    _ = tick.tick() => {
+                        let r = http.get(&url).send().await.unwrap();
+                        assert!(r.status().is_success());
+                        std::hint::black_box(r.bytes().await.unwrap());
+                    }
+                }
+            }
+        });
+    }
     let ingest = jetrun_ingest::Ingest::new(ctx, Config::default(), creds)
         .await
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/webhooks/github", listener.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
     tokio::spawn(jetrun_ingest::serve(
         listener,
         jetrun_ingest::router(ingest),
@@ -147,6 +195,7 @@ async fn main() {
         t.await.unwrap();
     }
     let elapsed = start.elapsed();
+    let raw_rate = n as f64 / elapsed.as_secs_f64();
     report(
         "baseline: raw JetStream publish+ack",
         n,
@@ -195,6 +244,7 @@ async fn main() {
         t.await.unwrap();
     }
     let elapsed = start.elapsed();
+    let ingest_rate = n as f64 / elapsed.as_secs_f64();
     report(
         "ingest: HTTP+HMAC+schema+dedupe+publish+ack",
         n,
@@ -247,6 +297,7 @@ async fn main() {
         "  non-202 answers so far: {}",
         errors.load(std::sync::atomic::Ordering::Relaxed)
     );
+    obs::result(ingest_rate, raw_rate, (n + total) as u64);
     shutdown.cancel();
 }
 

@@ -532,3 +532,149 @@ async fn sessions_are_signed_cookies_that_replicas_share_and_a_removed_token_end
     assert_eq!(r.status(), 303);
     assert_eq!(acme.get("/ui/jobs").await.status(), 303);
 }
+
+/// The `data-job` ids of a jobs page, in page order.
+fn listed(html: &str) -> Vec<String> {
+    html.split(r#"<tr data-job=""#)
+        .skip(1)
+        .map(|r| r[..r.find('"').unwrap()].to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn job_lists_are_newest_first_across_queues_and_show_a_job_once() {
+    let env = start(config(), creds(&tokens())).await;
+    let store = &env.ingest.ctx.store;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let queue = if i % 2 == 0 { "even" } else { "odd" };
+        let spec = JobSpec::new(queue, "busybox", vec!["true".into()]);
+        let rec = JobRecord::new(uuid::Uuid::now_v7().to_string(), spec, None, None);
+        ids.push(store.admit(rec).await.unwrap().record().id.clone());
+    }
+    // The newest job of `odd` finishes; an index entry left stale by a crash still
+    // lists it as active as well.
+    let done = ids[5].clone();
+    store
+        .transition(
+            &done,
+            &jetrun_core::job::Transition::Cancel {
+                reason: "test".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let index = env.js.get_key_value("jetrun-index").await.unwrap();
+    index
+        .put(format!("odd.active.{done}"), Vec::new().into())
+        .await
+        .unwrap();
+    let ops = Session::sign_in(&env.base, OPS).await;
+    let page = |p: &'static str| {
+        let ops = &ops;
+        async move { listed(&ops.get(p).await.text().await.unwrap()) }
+    };
+    let newest: Vec<String> = ids.iter().rev().cloned().collect();
+    assert_eq!(
+        page("/ui/jobs").await,
+        newest,
+        "every queue, newest first, once each"
+    );
+    let three = page("/ui/jobs?limit=3").await;
+    assert_eq!(three, newest[..3].to_vec(), "the three newest of both queues");
+    assert_eq!(
+        page("/ui/jobs?queue=odd&status=queued").await,
+        vec![ids[3].clone(), ids[1].clone()],
+        "the record decides: the stale active entry is not queued"
+    );
+    assert_eq!(page("/ui/jobs?status=cancelled").await, vec![done.clone()]);
+    let html = ops.get("/ui/jobs?limit=3").await.text().await.unwrap();
+    assert!(html.contains("More jobs match"), "the page says there are more");
+    // The filter offers both queues.
+    for q in ["even", "odd"] {
+        assert!(html.contains(&format!(r#"<option value="{q}">"#)), "{html}");
+    }
+}
+
+#[tokio::test]
+async fn the_dead_letters_page_reads_them_in_batches_and_pages_on() {
+    let env = start(config(), creds(&tokens())).await;
+    let publisher = env.ingest.ctx.publisher("test");
+    for i in 0..230 {
+        let mut dl = jetrun_core::dlq::DeadLetter {
+            origin: if i % 2 == 0 { "dispatch" } else { "settle" }.into(),
+            reason_kind: "invalid_spec".into(),
+            reason: format!("letter-{i}-end"),
+            subject: "jetrun.job.submit.gpu".into(),
+            stream: None,
+            stream_seq: None,
+            deliveries: 1,
+            headers: Default::default(),
+            payload_base64: String::new(),
+            payload_truncated: false,
+            payload_bytes: None,
+            job_id: None,
+            failed_at: jetrun_core::now(),
+        };
+        dl.set_payload(br#"{"queue":"gpu"}"#);
+        jetrun_nats::dlq::publish(&publisher, &Names::default(), &dl)
+            .await
+            .unwrap();
+    }
+    // A gap, as a replay leaves.
+    let dlq = env.js.get_stream("JETRUN_DLQ").await.unwrap();
+    dlq.delete_message(5).await.unwrap();
+    let ops = Session::sign_in(&env.base, OPS).await;
+    let letters = |html: &str| -> Vec<usize> {
+        html.split("letter-")
+            .skip(1)
+            .map(|r| r[..r.find("-end").unwrap()].parse().unwrap())
+            .collect()
+    };
+    let first = ops.get("/ui/dlq").await.text().await.unwrap();
+    let want: Vec<usize> = (0..101).filter(|i| *i != 4).collect();
+    assert_eq!(letters(&first), want, "100, oldest first, past the gap");
+    assert!(
+        first.contains(r#"<a href="/ui/dlq?after=101">Next page</a>"#),
+        "{first}"
+    );
+    let second = ops.get("/ui/dlq?after=101").await.text().await.unwrap();
+    assert_eq!(letters(&second), (101..201).collect::<Vec<_>>());
+    let last = ops.get("/ui/dlq?after=201").await.text().await.unwrap();
+    assert_eq!(letters(&last), (201..230).collect::<Vec<_>>());
+    assert!(!last.contains("Next page"));
+}
+
+/// The WebSocket streams take the bearer token only: a signed-in browser's session
+/// cookie opens no socket (another site cannot ride it: cross-site WebSocket hijacking).
+#[tokio::test]
+async fn websocket_streams_refuse_the_console_cookie() {
+    let env = start(config(), creds(&tokens())).await;
+    let ops = Session::sign_in(&env.base, OPS).await;
+    let upgrade = |path: &str| {
+        ops.http
+            .get(format!("{}{path}", env.base))
+            .header("Connection", "Upgrade")
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Version", "13")
+            .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+    };
+    for path in [
+        "/v1/events/ws",
+        "/v1/jobs/01a234e6-08fe-7556-9c08-c0af04b5e431/ws",
+    ] {
+        let r = upgrade(path)
+            .header("Cookie", format!("jetrun_session={}", ops.cookie))
+            .header("Origin", "https://evil.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{path} with the session cookie only");
+    }
+    let r = upgrade("/v1/events/ws")
+        .header("Authorization", format!("Bearer {OPS}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 101, "the same request with the bearer token upgrades");
+}

@@ -12,7 +12,12 @@
 //! credential allows) under the consumer host: a transient failure is
 //! retried, a job that cannot be rendered or is not a valid spec is dead-lettered with
 //! the reason.
+//!
+//! A rule with `guard.max_running_per_repository` takes a slot for its job first
+//! ([`limit`]): with every slot held by an active job, route submits nothing and records
+//! the refusal, which the github function answers on the issue.
 
+pub mod limit;
 pub mod rules;
 pub mod template;
 
@@ -20,7 +25,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::consumer;
+use async_nats::jetstream::{consumer, kv};
 use jetrun_host::{ConsumerHost, HandlerError, HostConfig, Incoming};
 use jetrun_nats::{EventPublisher, PublishErrorKind};
 use serde::{Deserialize, Serialize};
@@ -65,6 +70,9 @@ pub enum RouteError {
     /// The host could not bind or run.
     #[error(transparent)]
     Host(#[from] jetrun_host::HostError),
+    /// A rule has a per-repository limit and its bucket is missing.
+    #[error("route: {0}")]
+    Limits(String),
 }
 
 /// The durable consumer route reads webhooks with.
@@ -76,19 +84,26 @@ pub fn consumer_config(names: &jetrun_core::Names, config: &Config) -> consumer:
 }
 
 /// The label marking a job whose rule has a `reply` (value `github`); with it route sets
-/// `github.repository`, `github.issue` and `github.comment`.
+/// `github.repository`, `github.issue` and `github.comment` (and `github.installation`,
+/// the App installation of the event, when it has one).
 pub const REPLY_LABEL: &str = "jetrun.reply";
+
+/// The label carrying the webhook's `installation.id` (a GitHub App's installation), for
+/// the github function's answers on jobs.
+pub const INSTALLATION_LABEL: &str = "github.installation";
 
 /// The idempotency key of the job a rule submits for a delivery.
 pub fn idempotency_key(delivery: &str, rule: &str) -> String {
     format!("github/{delivery}/{rule}")
 }
 
-/// Handles one webhook event: evaluate the rules, submit every matching job.
+/// Handles one webhook event: evaluate the rules, submit every matching job. `limits` is
+/// the bucket of per-repository slots ([`limit`]), needed when a rule has a limit.
 pub async fn handle(
     store: &jetrun_nats::JobStore,
     publisher: &EventPublisher,
     rules: &Rules,
+    limits: Option<&kv::Store>,
     msg: Incoming,
 ) -> Result<(), HandlerError> {
     let Some(event) = msg.subject.rsplit('.').next().map(str::to_string) else {
@@ -138,6 +153,12 @@ pub async fn handle(
             if let Some(c) = t.comment_id {
                 spec.labels.insert("github.comment".into(), c.to_string());
             }
+            if let Some(i) = payload
+                .pointer("/installation/id")
+                .and_then(serde_json::Value::as_u64)
+            {
+                spec.labels.insert(INSTALLATION_LABEL.into(), i.to_string());
+            }
         }
         // Route only publishes the submission (`ce-id` = the job id from the idempotency
         // key): dispatch admits it on consume. Route's credential may not write the jobs
@@ -147,6 +168,34 @@ pub async fn handle(
             continue;
         }
         let id = jetrun_nats::submit::job_id_for(&spec);
+        let max = rules
+            .rules
+            .iter()
+            .find(|r| r.name == m.rule)
+            .and_then(|r| r.max_running_per_repository);
+        if let Some(max) = max {
+            let Some(repository) = payload.pointer("/repository/full_name").and_then(|v| v.as_str()) else {
+                failures.push(format!(
+                    "rule {}: max_running_per_repository on an event without repository.full_name",
+                    m.rule
+                ));
+                continue;
+            };
+            let Some(kv) = limits else {
+                return Err(HandlerError::retry(
+                    "per-repository limit: no slots bucket",
+                    Duration::from_secs(2),
+                ));
+            };
+            match limit::decide(kv, store, &m.rule, repository, max, delivery, &id).await {
+                Ok(limit::Verdict::Admitted) => {}
+                Ok(limit::Verdict::Refused(why)) => {
+                    info!(rule = %m.rule, %delivery, %repository, reason = %why, "rule refused the event: repository at its limit");
+                    continue;
+                }
+                Err(e) => return Err(HandlerError::retry(e.to_string(), Duration::from_secs(2))),
+            }
+        }
         match jetrun_nats::submit::publish_submission(
             publisher,
             store.names(),
@@ -211,11 +260,22 @@ pub async fn run(
         },
     )
     .await?;
-    let shared = Arc::new((ctx.store.clone(), ctx.publisher("route"), rules));
+    let limits = if rules.rules.iter().any(|r| r.max_running_per_repository.is_some()) {
+        let bucket = limit::state_bucket(&names);
+        Some(ctx.js.get_key_value(&bucket).await.map_err(|e| {
+            RouteError::Limits(format!(
+                "a rule has max_running_per_repository and bucket {bucket} is missing ({e}): \
+                 run `jetrun init` as the operator"
+            ))
+        })?)
+    } else {
+        None
+    };
+    let shared = Arc::new((ctx.store.clone(), ctx.publisher("route"), rules, limits));
     host.run(
         move |msg: Incoming| {
             let shared = shared.clone();
-            async move { handle(&shared.0, &shared.1, &shared.2, msg).await }
+            async move { handle(&shared.0, &shared.1, &shared.2, shared.3.as_ref(), msg).await }
         },
         shutdown,
     )

@@ -94,6 +94,7 @@ struct GuardDoc {
     allowed_associations: Option<Vec<String>>,
     command: Option<String>,
     usage: Option<String>,
+    max_running_per_repository: Option<u32>,
 }
 
 /// The `comment.author_association` values allowed by default: people with a say in
@@ -177,6 +178,9 @@ pub struct Rule {
     allowed: Vec<String>,
     command: Option<Regex>,
     usage: Option<String>,
+    /// `guard.max_running_per_repository`: at most this many active jobs of the rule per
+    /// repository (enforced by route with slots, [`crate::limit`]).
+    pub max_running_per_repository: Option<u32>,
 }
 
 /// A loaded, valid rules file.
@@ -332,6 +336,7 @@ impl Rules {
                 .and_then(|g| g.allowed_associations.clone())
                 .unwrap_or_else(|| DEFAULT_ASSOCIATIONS.iter().map(|s| s.to_string()).collect());
             let usage = r.guard.as_ref().and_then(|g| g.usage.clone());
+            let max_running_per_repository = r.guard.as_ref().and_then(|g| g.max_running_per_repository);
             let opt = |n: Option<Names>| n.map(Names::list).unwrap_or_default();
             rules.push(Rule {
                 name: r.name,
@@ -347,6 +352,7 @@ impl Rules {
                 allowed,
                 command,
                 usage,
+                max_running_per_repository,
             });
         }
         Ok(Self { rules })

@@ -179,6 +179,16 @@ async fn publish_webhook(js: &jetstream::Context, event: &str, delivery: &str, m
     .unwrap();
 }
 
+async fn slots_bucket(js: &jetstream::Context) -> jetstream::kv::Store {
+    js.create_key_value(jetstream::kv::Config {
+        bucket: jetrun_route::limit::state_bucket(&Names::default()),
+        history: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
 async fn drained(js: &jetstream::Context) {
     let stream = js.get_stream(Names::default().stream_webhooks()).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -201,6 +211,8 @@ async fn route_submits_one_job_per_delivery_and_rule_even_when_redelivered() {
     let client = server.client().await;
     let js = jetstream::new(client.clone());
     Topology::new(Names::default()).apply(&js).await.unwrap();
+    // The example limits bisects per repository: its slots bucket, as `jetrun init` makes it.
+    slots_bucket(&js).await;
     let ctx = jetrun_host::Context::from_client(client, Names::default())
         .await
         .unwrap();
@@ -310,5 +322,154 @@ fn guardrails_refuse_strangers_and_malformed_commands_with_an_answer() {
         rules
             .evaluate("issue_comment", &comment_payload("thanks!"), "d-6")
             .is_empty()
+    );
+}
+
+/// `guard.max_running_per_repository: 1`: of three commands for one repository handled at
+/// once, one submits and two are refused (a verdict each, naming the holder); another
+/// repository is not affected; once the holder is terminal the next command submits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_repository_limit_admits_one_of_concurrent_commands() {
+    let server = NatsServer::start().unwrap();
+    let client = server.client().await;
+    let js = jetstream::new(client.clone());
+    let names = Names::default();
+    Topology::new(names.clone()).apply(&js).await.unwrap();
+    let slots = slots_bucket(&js).await;
+    let ctx = jetrun_host::Context::from_client(client, names.clone())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(
+        &rules,
+        "rules:\n  - name: one\n    match: {event: issue_comment, comment: '^/one'}\n    guard: {max_running_per_repository: 1}\n    reply: {}\n    job: {queue: q, image: host, command: [sleep, '9']}\n",
+    )
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let cfg = jetrun_route::Config {
+        rules_file: Some(rules.clone()),
+        ..Default::default()
+    };
+    let task = tokio::spawn(jetrun_route::run(ctx.clone(), cfg, shutdown.clone()));
+
+    let on = |repo: &str| {
+        let mut p = comment_payload("/one");
+        p["repository"]["full_name"] = repo.into();
+        p["comment"]["author_association"] = "OWNER".into();
+        p
+    };
+    let ds: Vec<String> = (0..3).map(|i| format!("d-{i}")).collect();
+    for d in &ds {
+        publish_webhook(&js, "issue_comment", d, d, &on("octo/app")).await;
+    }
+    publish_webhook(&js, "issue_comment", "d-other", "d-other", &on("octo/other")).await;
+    drained(&js).await;
+
+    let verdict = |d: String| {
+        let slots = slots.clone();
+        async move {
+            let v = slots
+                .get(jetrun_route::limit::verdict_key(&d, "one"))
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("no verdict for {d}"));
+            jetrun_route::limit::Verdict::decode(&v).unwrap()
+        }
+    };
+    let job = |d: &str| jetrun_core::job::job_id_for_key("q", &jetrun_route::idempotency_key(d, "one"));
+    let mut admitted = Vec::new();
+    let mut refused = Vec::new();
+    for d in &ds {
+        match verdict(d.clone()).await {
+            jetrun_route::limit::Verdict::Admitted => admitted.push(d.clone()),
+            jetrun_route::limit::Verdict::Refused(why) => refused.push(why),
+        }
+    }
+    assert_eq!(admitted.len(), 1, "one slot, one job: {admitted:?} {refused:?}");
+    let holder = job(&admitted[0]);
+    for why in &refused {
+        assert!(
+            why.contains("`one` is already running for octo/app") && why.contains(&holder),
+            "{why}"
+        );
+    }
+    assert_eq!(
+        verdict("d-other".into()).await,
+        jetrun_route::limit::Verdict::Admitted
+    );
+    let mut s = js.get_stream(names.stream_jobs()).await.unwrap();
+    assert_eq!(
+        s.info().await.unwrap().state.messages,
+        2,
+        "octo/app once, octo/other once"
+    );
+
+    // A redelivery of a refused command keeps its verdict; still two submissions.
+    let r = ds.iter().find(|d| **d != admitted[0]).unwrap().clone();
+    publish_webhook(&js, "issue_comment", &r, "replay", &on("octo/app")).await;
+    drained(&js).await;
+    assert!(matches!(
+        verdict(r).await,
+        jetrun_route::limit::Verdict::Refused(_)
+    ));
+    assert_eq!(s.info().await.unwrap().state.messages, 2);
+
+    // The holder ends (admitted and cancelled, as dispatch and a user would): a new
+    // command takes the slot.
+    let spec = jetrun_core::JobSpec::new("q", "host", vec!["sleep".into(), "9".into()]);
+    ctx.store
+        .admit(jetrun_core::JobRecord::new(holder.clone(), spec, None, None))
+        .await
+        .unwrap();
+    ctx.store
+        .transition(
+            &holder,
+            &jetrun_core::job::Transition::Cancel {
+                reason: "test".into(),
+            },
+        )
+        .await
+        .unwrap();
+    publish_webhook(&js, "issue_comment", "d-next", "d-next", &on("octo/app")).await;
+    drained(&js).await;
+    assert_eq!(
+        verdict("d-next".into()).await,
+        jetrun_route::limit::Verdict::Admitted
+    );
+    assert_eq!(s.info().await.unwrap().state.messages, 3);
+    let slot = slots.get("limit.slot.octo=2Fapp.one.0").await.unwrap().unwrap();
+    assert_eq!(String::from_utf8_lossy(&slot), job("d-next"));
+    let mut dlq = js.get_stream(names.stream_dlq()).await.unwrap();
+    assert_eq!(dlq.info().await.unwrap().state.messages, 0);
+
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limited_rule_without_its_bucket_fails_at_start_naming_init() {
+    let server = NatsServer::start().unwrap();
+    let client = server.client().await;
+    let js = jetstream::new(client.clone());
+    Topology::new(Names::default()).apply(&js).await.unwrap();
+    let ctx = jetrun_host::Context::from_client(client, Names::default())
+        .await
+        .unwrap();
+    let cfg = jetrun_route::Config {
+        rules_file: Some(BISECT.into()),
+        ..Default::default()
+    };
+    let e = jetrun_route::run(ctx, cfg, CancellationToken::new())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("max_running_per_repository") && e.contains("jetrun init"),
+        "{e}"
     );
 }

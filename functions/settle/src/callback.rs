@@ -209,10 +209,8 @@ async fn drain(mut r: reqwest::Response) {
 
 impl Settle {
     /// Handles one job state change: a completion callback if the job asked for one.
-    pub async fn on_job_event(&self, msg: Incoming) -> Result<(), HandlerError> {
-        let Ok(change) = serde_json::from_slice::<StateChange>(&msg.payload) else {
-            return Ok(());
-        };
+    pub async fn on_job_event(&self, ev: jetrun_host::Event<StateChange>) -> Result<(), HandlerError> {
+        let jetrun_host::Event { event: change, msg } = ev;
         if !change.to.is_terminal() {
             return Ok(());
         }
@@ -355,7 +353,10 @@ impl Settle {
             Ok::<_, reqwest::Error>((status, location))
         })
         .await;
-        let exhausted = msg.delivered >= config.callback_max_deliveries;
+        let exhausted = msg.delivered
+            >= config
+                .callback_max_deliveries
+                .clamp(1, crate::callbacks::MAX_CALLBACK_DELIVERIES);
         let delay = jetrun_core::job::backoff(
             msg.delivered as u32,
             Duration::from_secs(1),

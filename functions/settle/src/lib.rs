@@ -44,7 +44,7 @@ use futures::StreamExt;
 use jetrun_core::task::TaskPhase;
 use jetrun_core::{JobError, JobRecord};
 pub(crate) use jetrun_host::transient;
-use jetrun_host::{ConsumerHost, Context, HostConfig, Incoming};
+use jetrun_host::{ConsumerHost, Context, HostConfig};
 use jetrun_nats::lifecycle::{AttemptOutcome, Lifecycle, LifecycleError};
 use jetrun_nats::{EventPublisher, StoreError};
 use tokio_util::sync::CancellationToken;
@@ -158,6 +158,26 @@ enum Outcome {
     Skipped,
 }
 
+/// What settle reads, as `jetrun init` declares it: the task events that end a task
+/// (consumer `settle`) and the callback subject (consumer `settle-callbacks`).
+pub fn subscriptions(n: &jetrun_core::Names) -> Vec<jetrun_host::Subscription> {
+    let tasks = jetrun_host::Subscription {
+        stream: n.stream_tasks(),
+        consumer: consumer::pull::Config {
+            durable_name: Some(n.consumer_settle()),
+            description: Some("settle: task lifecycle events".into()),
+            // Only the phases that end a task: dispatch records `running` itself.
+            filter_subjects: TaskPhase::FINAL.iter().map(|p| n.task(p.as_str(), "*")).collect(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            max_deliver: jetrun_nats::topology::SETTLE_MAX_DELIVER,
+            max_ack_pending: 10_000,
+            ..Default::default()
+        },
+    };
+    vec![tasks, callbacks::callbacks_subscription(n)]
+}
+
 impl Settle {
     /// A settle instance.
     pub fn new(ctx: Context, config: Config) -> Self {
@@ -180,28 +200,12 @@ impl Settle {
 
     /// Creates (or upgrades) settle's two durable consumers.
     pub async fn ensure_consumers(&self) -> Result<(), SettleError> {
-        let n = &self.inner.ctx.names;
         let js = &self.inner.ctx.js;
-        let tasks = consumer::pull::Config {
-            durable_name: Some(n.consumer_settle()),
-            description: Some("settle: task lifecycle events".into()),
-            // Only the phases that end a task: dispatch records `running` itself, so
-            // `started` events (one per job) are stored for observers but never
-            // delivered to settle.
-            filter_subjects: TaskPhase::FINAL.iter().map(|p| n.task(p.as_str(), "*")).collect(),
-            ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(30),
-            max_deliver: jetrun_nats::topology::SETTLE_MAX_DELIVER,
-            max_ack_pending: 10_000,
-            ..Default::default()
-        };
-        jetrun_nats::topology::ensure_consumer(js, &n.stream_tasks(), tasks)
-            .await
-            .map_err(|e| SettleError::new(SettleErrorKind::Consumer, e))?;
-        let callbacks = self.callbacks_consumer();
-        jetrun_nats::topology::ensure_consumer(js, &n.stream_job_events(), callbacks)
-            .await
-            .map_err(|e| SettleError::new(SettleErrorKind::Consumer, e))?;
+        for sub in subscriptions(&self.inner.ctx.names) {
+            jetrun_nats::topology::ensure_consumer(js, &sub.stream, sub.consumer)
+                .await
+                .map_err(|e| SettleError::new(SettleErrorKind::Consumer, e))?;
+        }
         Ok(())
     }
 
@@ -248,10 +252,10 @@ impl Settle {
 
         let this = self.clone();
         let t1 = tokio::spawn(tasks_host.run(
-            move |m: Incoming| {
+            jetrun_host::typed(task_events::TASK_EVENT, move |ev| {
                 let this = this.clone();
-                async move { this.on_task_message(m).await }
-            },
+                async move { this.on_task_message(ev).await }
+            }),
             shutdown.clone(),
         ));
         let this = self.clone();
@@ -260,10 +264,12 @@ impl Settle {
             match cb_host {
                 Some(h) => {
                     h.run(
-                        move |m: Incoming| {
+                        // A state change that does not decode is dead-lettered as
+                        // `schema` with the reason by the host.
+                        jetrun_host::typed(jetrun_host::Decode::body(), move |ev| {
                             let this = this.clone();
-                            async move { this.on_callback_message(m).await }
-                        },
+                            async move { this.on_job_event(ev).await }
+                        }),
                         sd,
                     )
                     .await

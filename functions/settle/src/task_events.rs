@@ -10,10 +10,10 @@
 //! refused ([`crate::task_auth`]).
 
 use jetrun_core::job::{Transition, TransitionErrorKind};
-use jetrun_core::schema::{self, types};
+use jetrun_core::schema::types;
 use jetrun_core::task::{TaskEvent, TaskPhase};
 use jetrun_core::{JobError, JobRecord, JobStatus};
-use jetrun_host::{HandlerError, Incoming};
+use jetrun_host::{Decode, Event, HandlerError};
 use jetrun_nats::StoreErrorKind;
 use tracing::{debug, warn};
 
@@ -27,10 +27,15 @@ const FINAL_EVENT_SCAN: usize = 256;
 /// Compare-and-set races one event may lose before it is handed back for redelivery.
 const MAX_RACES: usize = 16;
 
+/// What a task event must be: a `task.lifecycle` CloudEvent matching its schema; one of
+/// another type on a task subject is refused as forged, before its body is looked at.
+pub const TASK_EVENT: Decode = Decode::event(types::TASK_LIFECYCLE).wrong_type_is(task_auth::FORGED);
+
 impl Settle {
     /// Handles one task lifecycle message. Only events of the attempt's own node are
     /// applied (see [`task_auth`]); a refused one is dead-lettered as `forged_task_event`.
-    pub async fn on_task_message(&self, msg: Incoming) -> Result<(), HandlerError> {
+    pub async fn on_task_message(&self, ev: Event<TaskEvent>) -> Result<(), HandlerError> {
+        let Event { event: ev, msg } = ev;
         let forged = |reason: String| {
             warn!(subject = %msg.subject, reason = %reason, "refusing a task event");
             HandlerError::permanent(task_auth::FORGED, reason)
@@ -41,18 +46,6 @@ impl Settle {
             signature: task_auth::signature_of(msg.message.headers.as_ref()),
             body: &msg.payload,
         };
-        if proof.ce_type != Some(types::TASK_LIFECYCLE) {
-            // Before the schema: a foreign event is refused as such, whatever its body.
-            let reason = match &msg.envelope {
-                Err(e) => format!("no valid CloudEvent headers: {e}"),
-                Ok(env) => format!("ce-type {:?} is not {}", env.ty, types::TASK_LIFECYCLE),
-            };
-            return Err(forged(reason));
-        }
-        let value = schema::validate(types::TASK_LIFECYCLE, &msg.payload)
-            .map_err(|e| HandlerError::permanent("schema", e.to_string()))?;
-        let ev: TaskEvent =
-            serde_json::from_value(value).map_err(|e| HandlerError::permanent("schema", e.to_string()))?;
         task_auth::check_message(&self.inner.ctx.names, &proof, &ev).map_err(forged)?;
         match self.on_task_event(&ev, Some(&proof)).await {
             Ok(_) => Ok(()),

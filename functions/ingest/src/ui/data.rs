@@ -14,10 +14,6 @@ use crate::auth::OPERATOR_TENANT;
 use crate::problem::Problem;
 use crate::sse::{self, Change, Start};
 
-/// Most records a tenant's job listing reads to find its own jobs (the index knows
-/// queues and statuses, not tenants).
-pub const TENANT_SCAN: usize = 500;
-
 fn unavailable(e: impl std::fmt::Display) -> Problem {
     Problem::unavailable(e.to_string())
 }
@@ -25,6 +21,141 @@ fn unavailable(e: impl std::fmt::Display) -> Problem {
 /// Whether `tenant` may see `rec` (the same rule as the API).
 pub fn may_see(tenant: &str, rec: &JobRecord) -> bool {
     tenant == OPERATOR_TENANT || rec.spec.tenant.as_deref() == Some(tenant)
+}
+
+/// Most records a job listing reads to fill its page: the index knows queues and
+/// statuses, not tenants, and a non-terminal status is in the record only, so a page
+/// may have to read past entries it does not show.
+pub const SCAN: usize = 500;
+
+/// Most active records the nodes page reads to find the jobs each node runs.
+pub const NODE_SCAN: usize = 1000;
+
+/// Records read at once.
+const READ_AHEAD: usize = 64;
+
+/// One entry of the index bucket, `<queue>.<group>.<id>`: the group is `active` while
+/// the job is not terminal, then its terminal status (decision 3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The queue.
+    pub queue: String,
+    /// `active` or a terminal status.
+    pub group: String,
+    /// The job id (a uuid v7 sorts by creation time).
+    pub id: String,
+}
+
+/// The index's entries, read once per page (the subjects of its stream: metadata, no
+/// record).
+#[derive(Debug, Clone, Default)]
+pub struct Index {
+    /// Every entry, in no particular order.
+    pub entries: Vec<Entry>,
+}
+
+#[derive(Serialize)]
+struct InfoRequest<'a> {
+    subjects_filter: &'a str,
+    offset: usize,
+}
+
+#[derive(Deserialize)]
+struct InfoPage {
+    #[serde(default)]
+    total: usize,
+    #[serde(default)]
+    state: InfoState,
+    #[serde(default)]
+    error: Option<Value>,
+}
+
+#[derive(Deserialize, Default)]
+struct InfoState {
+    #[serde(default)]
+    subjects: Option<SubjectKeys>,
+}
+
+/// The keys of a stream info's `subjects` map; the counts are skipped.
+#[derive(Debug, Default)]
+struct SubjectKeys(Vec<String>);
+
+impl<'de> Deserialize<'de> for SubjectKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Keys;
+        impl<'de> serde::de::Visitor<'de> for Keys {
+            type Value = SubjectKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a map of subjects to counts")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<SubjectKeys, A::Error> {
+                let mut out = Vec::with_capacity(m.size_hint().unwrap_or(0));
+                while let Some((k, serde::de::IgnoredAny)) =
+                    m.next_entry::<String, serde::de::IgnoredAny>()?
+                {
+                    out.push(k);
+                }
+                Ok(SubjectKeys(out))
+            }
+        }
+        d.deserialize_map(Keys)
+    }
+}
+
+/// The subjects of `stream` matching `filter`: `STREAM.INFO` with a subjects filter,
+/// one request per page of the server's (100,000 subjects), decoded into the subjects
+/// alone. (async-nats' `info_with_subjects` decodes the whole info into a map, copies
+/// it, and asks once more after the last page: that doubled a page's listing time.)
+pub async fn subjects(ingest: &Ingest, stream: &str, filter: &str) -> Result<Vec<String>, Problem> {
+    let mut out: Vec<String> = Vec::new();
+    loop {
+        let req = InfoRequest {
+            subjects_filter: filter,
+            offset: out.len(),
+        };
+        let page: InfoPage = ingest
+            .ctx
+            .js
+            .request(format!("STREAM.INFO.{stream}"), &req)
+            .await
+            .map_err(unavailable)?;
+        if let Some(e) = page.error {
+            return Err(unavailable(format!("stream {stream}: {e}")));
+        }
+        let got = page.state.subjects.map(|s| s.0).unwrap_or_default();
+        let n = got.len();
+        out.extend(got);
+        if n == 0 || out.len() >= page.total {
+            return Ok(out);
+        }
+    }
+}
+
+impl Index {
+    /// Reads every entry of the index.
+    pub async fn read(ingest: &Ingest) -> Result<Index, Problem> {
+        let bucket = ingest.ctx.names.bucket_index();
+        let prefix = format!("$KV.{bucket}.");
+        let subjects = subjects(ingest, &format!("KV_{bucket}"), &format!("{prefix}>")).await?;
+        let entries = subjects
+            .iter()
+            .filter_map(|s| {
+                let mut parts = s.strip_prefix(&prefix)?.splitn(3, '.');
+                Some(Entry {
+                    queue: parts.next()?.to_string(),
+                    group: parts.next()?.to_string(),
+                    id: parts.next()?.to_string(),
+                })
+            })
+            .collect();
+        Ok(Index { entries })
+    }
+
+    /// The queues that have jobs, sorted.
+    pub fn queues(&self) -> Vec<String> {
+        let set: std::collections::BTreeSet<&str> = self.entries.iter().map(|e| e.queue.as_str()).collect();
+        set.into_iter().map(str::to_string).collect()
+    }
 }
 
 /// One queue's figures.
@@ -48,40 +179,27 @@ pub struct QueueRow {
     pub oldest_queued: Option<Timestamp>,
 }
 
-/// Every queue's figures, from the index's subjects (stream metadata) and the dispatch
-/// consumers; one record read per queue for the oldest queued job.
+/// Every queue's figures, from the index's entries and the dispatch consumers; a few
+/// record reads per queue (at once) for the oldest queued job.
 pub async fn queues(ingest: &Ingest) -> Result<Vec<QueueRow>, Problem> {
     let ctx = &ingest.ctx;
-    let bucket = ctx.names.bucket_index();
-    let index = ctx
-        .js
-        .get_stream(format!("KV_{bucket}"))
-        .await
-        .map_err(unavailable)?;
-    let prefix = format!("$KV.{bucket}.");
-    let mut subjects = index
-        .info_with_subjects(format!("{prefix}>"))
-        .await
-        .map_err(unavailable)?;
-    let mut rows: BTreeMap<String, QueueRow> = BTreeMap::new();
-    let mut active: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    while let Some(s) = subjects.next().await {
-        let (subject, _) = s.map_err(unavailable)?;
-        let Some(rest) = subject.strip_prefix(&prefix) else {
-            continue;
-        };
-        let mut parts = rest.splitn(3, '.');
-        let (Some(q), Some(group), Some(id)) = (parts.next(), parts.next(), parts.next()) else {
-            continue;
-        };
-        let row = rows.entry(q.to_string()).or_insert_with(|| QueueRow {
-            queue: q.to_string(),
-            ..Default::default()
+    let (index, jobs_stream) = tokio::join!(Index::read(ingest), ctx.js.get_stream(ctx.names.stream_jobs()));
+    let (index, jobs_stream) = (index?, jobs_stream.map_err(unavailable)?);
+    let mut rows: BTreeMap<String, (QueueRow, Vec<String>)> = BTreeMap::new();
+    for e in index.entries {
+        let (row, active) = rows.entry(e.queue.clone()).or_insert_with(|| {
+            (
+                QueueRow {
+                    queue: e.queue.clone(),
+                    ..Default::default()
+                },
+                Vec::new(),
+            )
         });
-        match group {
+        match e.group.as_str() {
             "active" => {
                 row.active += 1;
-                active.entry(q.to_string()).or_default().push(id.to_string());
+                active.push(e.id);
             }
             "succeeded" => row.succeeded += 1,
             "failed" | "timed_out" => row.failed += 1,
@@ -89,44 +207,32 @@ pub async fn queues(ingest: &Ingest) -> Result<Vec<QueueRow>, Problem> {
             _ => {}
         }
     }
-    let jobs_stream = ctx
-        .js
-        .get_stream(ctx.names.stream_jobs())
-        .await
-        .map_err(unavailable)?;
-    for row in rows.values_mut() {
-        row.pending = match jobs_stream
-            .consumer_info(ctx.names.consumer_dispatch(&row.queue))
-            .await
-        {
+    let jobs_stream = &jobs_stream;
+    let rows = futures::future::join_all(rows.into_values().map(|(mut row, mut active)| async move {
+        let pending = jobs_stream.consumer_info(ctx.names.consumer_dispatch(&row.queue));
+        // uuid v7 ids sort by creation time: the first queued one is the oldest.
+        active.sort_unstable();
+        let oldest = futures::stream::iter(active.into_iter().take(16))
+            .map(|id| async move { ctx.store.get(&id).await })
+            .buffered(16)
+            .filter_map(|r| async move {
+                match r {
+                    Ok(Some((rec, _))) if rec.status == JobStatus::Queued => Some(rec.created_at),
+                    _ => None,
+                }
+            });
+        futures::pin_mut!(oldest);
+        let (pending, oldest) = tokio::join!(pending, oldest.next());
+        row.pending = match pending {
             Ok(info) => info.num_pending.min(row.active),
             Err(_) => row.active,
         };
         row.running = row.active - row.pending;
-        if let Some(ids) = active.get_mut(&row.queue) {
-            // uuid v7 ids sort by creation time: the first queued one is the oldest.
-            ids.sort_unstable();
-            for id in ids.iter().take(16) {
-                if let Ok(Some((rec, _))) = ctx.store.get(id).await
-                    && rec.status == JobStatus::Queued
-                {
-                    row.oldest_queued = Some(rec.created_at);
-                    break;
-                }
-            }
-        }
-    }
-    Ok(rows.into_values().collect())
-}
-
-/// The queues that have jobs.
-pub async fn queue_names(ingest: &Ingest) -> Result<Vec<String>, Problem> {
-    ingest
-        .ctx
-        .store
-        .queues()
-        .await
-        .map_err(|e| unavailable(e.message))
+        row.oldest_queued = oldest;
+        row
+    }))
+    .await;
+    Ok(rows)
 }
 
 /// A page of the jobs list.
@@ -138,105 +244,62 @@ pub struct JobList {
     pub truncated: bool,
 }
 
-/// Jobs of `queue` (else of every queue: `known`, or read from the index) with
-/// `status`, newest first, that `tenant` may see. An operator's listing reads `limit + 1`
-/// records per queue; a tenant's, [`tenant_jobs`].
+/// Jobs of `queue` (else of every queue) with `status`, newest first, that `tenant`
+/// may see, from `index`.
+///
+/// The entries that can match (the queue's, and for a terminal status that status's
+/// group, for another status the active group) are sorted newest first across queues
+/// and groups, and records are read [`READ_AHEAD`] at a time only until `limit + 1`
+/// shown ones are found, at most [`SCAN`]: an operator's page reads about `limit + 1`
+/// records, a tenant's as many as it takes to find its own. (The store's
+/// `JobStore::list`, one listing per queue and group and `limit + 1` records per
+/// queue, plus another listing for the filter's queue names, was 70–300 ms at p90.)
 pub async fn jobs(
     ingest: &Ingest,
-    tenant: &str,
-    queue: Option<&str>,
-    known: Option<Vec<String>>,
-    status: Option<JobStatus>,
-    limit: usize,
-) -> Result<JobList, Problem> {
-    let store = &ingest.ctx.store;
-    let queues = match (queue, known) {
-        (Some(q), _) => vec![q.to_string()],
-        (None, Some(k)) => k,
-        (None, None) => queue_names(ingest).await?,
-    };
-    if tenant != OPERATOR_TENANT {
-        return tenant_jobs(ingest, tenant, queue, status, limit).await;
-    }
-    let read = limit + 1;
-    let mut all = Vec::new();
-    let mut truncated = false;
-    for q in queues {
-        let recs = store
-            .list(&q, status, read)
-            .await
-            .map_err(|e| unavailable(e.message))?;
-        truncated |= recs.len() >= read;
-        all.extend(recs.into_iter().filter(|r| may_see(tenant, r)));
-    }
-    all.sort_unstable_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
-    truncated |= all.len() > limit;
-    all.truncate(limit);
-    Ok(JobList { jobs: all, truncated })
-}
-
-/// A tenant's jobs of `queue` (else of every queue) with `status`, newest first.
-///
-/// The index knows queues and statuses, not tenants, so records must be read to find the
-/// tenant's: the index entries (stream metadata, one request) are sorted newest first
-/// across queues and groups, and records are read 32 at a time only until `limit + 1`
-/// of the tenant's are found, at most [`TENANT_SCAN`]. (Asking the store for
-/// [`TENANT_SCAN`] records and filtering afterwards read all 500 every time: 68–112 ms.)
-pub async fn tenant_jobs(
-    ingest: &Ingest,
+    index: &Index,
     tenant: &str,
     queue: Option<&str>,
     status: Option<JobStatus>,
     limit: usize,
 ) -> Result<JobList, Problem> {
-    let ctx = &ingest.ctx;
-    let bucket = ctx.names.bucket_index();
-    let index = ctx
-        .js
-        .get_stream(format!("KV_{bucket}"))
-        .await
-        .map_err(unavailable)?;
-    let prefix = format!("$KV.{bucket}.");
-    let filter = match queue {
-        Some(q) => format!("{prefix}{q}.>"),
-        None => format!("{prefix}>"),
-    };
-    let mut subjects = index.info_with_subjects(filter).await.map_err(unavailable)?;
-    let mut entries: Vec<(String, String)> = Vec::new();
-    while let Some(s) = subjects.next().await {
-        let (subject, _) = s.map_err(unavailable)?;
-        let Some(rest) = subject.strip_prefix(&prefix) else {
-            continue;
-        };
-        let mut parts = rest.splitn(3, '.');
-        let (Some(q), Some(group), Some(id)) = (parts.next(), parts.next(), parts.next()) else {
-            continue;
-        };
-        let wanted = match status {
-            Some(s) if s.is_terminal() => group == s.as_str(),
-            Some(_) => group == "active",
-            None => true,
-        };
-        if wanted && queue.is_none_or(|want| want == q) {
-            entries.push((id.to_string(), q.to_string()));
-        }
-    }
-    // uuid v7 ids sort by creation time.
-    entries.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    let mut entries: Vec<&Entry> = index
+        .entries
+        .iter()
+        .filter(|e| {
+            queue.is_none_or(|q| q == e.queue)
+                && match status {
+                    Some(s) if s.is_terminal() => e.group == s.as_str(),
+                    Some(_) => e.group == "active",
+                    None => true,
+                }
+        })
+        .collect();
+    entries.sort_unstable_by(|a, b| b.id.cmp(&a.id));
     let total = entries.len();
-    let store = &ctx.store;
-    let reads = futures::stream::iter(entries.into_iter().take(TENANT_SCAN))
+    let store = &ingest.ctx.store;
+    // Owned ids: a stream of futures borrowing the entries would not be `Send`.
+    let page: Vec<(String, String)> = entries
+        .into_iter()
+        .take(SCAN)
+        .map(|e| (e.id.clone(), e.queue.clone()))
+        .collect();
+    let reads = futures::stream::iter(page)
         .map(|(id, q)| async move { (q, store.get(&id).await) })
-        .buffered(32);
+        .buffered(READ_AHEAD);
     futures::pin_mut!(reads);
-    let (mut found, mut scanned) = (Vec::new(), 0usize);
+    let (mut found, mut scanned) = (Vec::<JobRecord>::new(), 0usize);
+    let mut seen = std::collections::HashSet::new();
     while let Some((q, r)) = reads.next().await {
         scanned += 1;
         match r {
             // An entry whose record moved on (or is gone) since the index was read: the
-            // record decides, as in `JobStore::list`.
+            // record decides, as in `JobStore::list`; a record listed under a stale entry
+            // and its fresh one is shown once.
             Ok(Some((rec, _)))
-                if may_see(tenant, &rec) && rec.queue == q && status.is_none_or(|s| s == rec.status) =>
+                if may_see(tenant, &rec)
+                    && rec.queue == q
+                    && status.is_none_or(|s| s == rec.status)
+                    && seen.insert(rec.id.clone()) =>
             {
                 found.push(rec);
                 if found.len() > limit {
@@ -247,7 +310,7 @@ pub async fn tenant_jobs(
             Err(e) => return Err(unavailable(e.message)),
         }
     }
-    let truncated = found.len() > limit || (scanned >= TENANT_SCAN && total > scanned);
+    let truncated = found.len() > limit || (scanned >= SCAN && total > scanned);
     found.sort_unstable_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
     found.truncate(limit);
     Ok(JobList {
@@ -345,8 +408,8 @@ pub async fn services(ingest: &Ingest) -> Result<Vec<Service>, Problem> {
             names.insert(name.to_string());
         }
     }
-    let mut out = Vec::new();
-    for name in names {
+    // Every service's three keys at once.
+    let out = futures::future::join_all(names.into_iter().map(|name| async move {
         let get = |key: String| async move { kv.get(key).await.ok().flatten() };
         let (spec_b, state_b, burst_b) = tokio::join!(
             get(jetrun_core::scale::spec_key(&name)),
@@ -358,14 +421,15 @@ pub async fn services(ingest: &Ingest) -> Result<Vec<Service>, Problem> {
             Some(Err(e)) => (None, Some(e.to_string())),
             None => (None, None),
         };
-        out.push(Service {
+        Service {
             name,
             spec,
             state: state_b.and_then(|b| serde_json::from_slice(&b).ok()),
             burst: burst_b.and_then(|b| serde_json::from_slice(&b).ok()),
             spec_error,
-        });
-    }
+        }
+    }))
+    .await;
     Ok(out)
 }
 
@@ -394,70 +458,167 @@ pub struct Node {
 }
 
 /// The live fleet; for operators, with the jobs each node runs.
+///
+/// The jobs are found in the active entries of the index, read oldest first (jobs
+/// are dispatched in the order they came, so the running ones are mostly the oldest
+/// active ones) until as many launching or running jobs as the nodes report tasks are
+/// found, at most [`NODE_SCAN`] records.
 pub async fn nodes(ingest: &Ingest, tenant: &str) -> Result<Vec<Node>, Problem> {
     let ctx = &ingest.ctx;
     let bucket = ctx.names.bucket_nodes();
-    let kv = ctx.js.get_key_value(&bucket).await.map_err(unavailable)?;
-    let stream = ctx
-        .js
-        .get_stream(format!("KV_{bucket}"))
-        .await
-        .map_err(unavailable)?;
     let prefix = format!("$KV.{bucket}.");
-    let mut subjects = stream
-        .info_with_subjects(format!("{prefix}>"))
-        .await
-        .map_err(unavailable)?;
-    let mut keys = Vec::new();
-    while let Some(s) = subjects.next().await {
-        let (subject, _) = s.map_err(unavailable)?;
-        if let Some(k) = subject.strip_prefix(&prefix)
-            && !k.contains('.')
-        {
-            keys.push(k.to_string());
-        }
-    }
-    keys.sort();
-    let mut out = Vec::new();
-    for k in keys {
-        if let Ok(Some(b)) = kv.get(&k).await
-            && let Ok(v) = serde_json::from_slice::<Value>(&b)
-            && v.get("worker_id").is_some()
-            && let Ok(n) = serde_json::from_value::<Node>(v)
-        {
-            out.push(n);
-        }
-    }
-    if tenant == OPERATOR_TENANT && !out.is_empty() {
-        for q in queue_names(ingest).await? {
-            for st in [JobStatus::Launching, JobStatus::Running] {
-                let recs = ctx
-                    .store
-                    .list(&q, Some(st), 200)
-                    .await
-                    .map_err(|e| unavailable(e.message))?;
-                for r in recs {
-                    if let Some(n) = out
-                        .iter_mut()
-                        .find(|n| Some(n.node_id.as_str()) == r.node_id.as_deref())
-                        && !n.running.contains(&r.id)
-                    {
-                        n.running.push(r.id);
-                    }
-                }
+    let operator = tenant == OPERATOR_TENANT;
+    let (stream, filter) = (format!("KV_{bucket}"), format!("{prefix}>"));
+    let (kv, keys, index) = tokio::join!(
+        ctx.js.get_key_value(&bucket),
+        subjects(ingest, &stream, &filter),
+        async {
+            if operator {
+                Index::read(ingest).await.map(Some)
+            } else {
+                Ok(None)
             }
+        }
+    );
+    let (kv, keys, index) = (kv.map_err(unavailable)?, keys?, index?);
+    let mut keys: Vec<&str> = keys
+        .iter()
+        .filter_map(|s| s.strip_prefix(&prefix))
+        .filter(|k| !k.contains('.'))
+        .collect();
+    keys.sort_unstable();
+    let kv = &kv;
+    let mut out: Vec<Node> = futures::future::join_all(keys.into_iter().map(|k| async move {
+        let b = kv.get(k).await.ok().flatten()?;
+        let v = serde_json::from_slice::<Value>(&b).ok()?;
+        v.get("worker_id")?;
+        serde_json::from_value::<Node>(v).ok()
+    }))
+    .await
+    .into_iter()
+    .flatten()
+    .collect();
+    let Some(index) = index.filter(|_| !out.is_empty()) else {
+        return Ok(out);
+    };
+    let mut active: Vec<&Entry> = index.entries.iter().filter(|e| e.group == "active").collect();
+    active.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+    let tasks: usize = out.iter().map(|n| n.tasks).sum();
+    let store = &ctx.store;
+    let ids: Vec<String> = active.into_iter().take(NODE_SCAN).map(|e| e.id.clone()).collect();
+    let reads = futures::stream::iter(ids)
+        .map(|id| async move { store.get(&id).await })
+        .buffered(READ_AHEAD);
+    futures::pin_mut!(reads);
+    let mut found = 0usize;
+    while found < tasks
+        && let Some(r) = reads.next().await
+    {
+        let Some((rec, _)) = r.map_err(|e| unavailable(e.message))? else {
+            continue;
+        };
+        if !matches!(rec.status, JobStatus::Launching | JobStatus::Running) {
+            continue;
+        }
+        if let Some(n) = out
+            .iter_mut()
+            .find(|n| Some(n.node_id.as_str()) == rec.node_id.as_deref())
+            && !n.running.contains(&rec.id)
+        {
+            n.running.push(rec.id);
+            found += 1;
         }
     }
     Ok(out)
 }
 
-/// Dead letters, oldest first, after sequence `after`.
+/// Dead letters, oldest first, after sequence `after`: one batched direct get
+/// (nats-server 2.11+), else one direct get per entry (`jetrun_nats::dlq::list`).
 pub async fn dead_letters(
     ingest: &Ingest,
     after: u64,
     limit: usize,
 ) -> Result<Vec<jetrun_nats::dlq::Stored>, Problem> {
-    jetrun_nats::dlq::list(&ingest.ctx.js, &ingest.ctx.names, after, limit)
-        .await
-        .map_err(unavailable)
+    match dead_letters_batched(ingest, after, limit).await? {
+        Some(items) => Ok(items),
+        None => jetrun_nats::dlq::list(&ingest.ctx.js, &ingest.ctx.names, after, limit)
+            .await
+            .map_err(unavailable),
+    }
+}
+
+/// `None` when the server does not batch (it answered with one plain message).
+async fn dead_letters_batched(
+    ingest: &Ingest,
+    after: u64,
+    limit: usize,
+) -> Result<Option<Vec<jetrun_nats::dlq::Stored>>, Problem> {
+    let ctx = &ingest.ctx;
+    let mut out = Vec::new();
+    let mut next = after + 1;
+    // The server may end a batch early (its byte bound): ask again after the last one.
+    while out.len() < limit {
+        let inbox = ctx.client.new_inbox();
+        let mut replies = ctx.client.subscribe(inbox.clone()).await.map_err(unavailable)?;
+        let req = serde_json::json!({
+            "seq": next,
+            "next_by_subj": ctx.names.dlq_all(),
+            "batch": limit - out.len(),
+        });
+        let body = serde_json::to_vec(&req).map_err(unavailable)?;
+        ctx.js
+            .send_request(
+                format!("DIRECT.GET.{}", ctx.names.stream_dlq()),
+                async_nats::Request::new().payload(body.into()).inbox(inbox),
+            )
+            .await
+            .map_err(unavailable)?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let (mut got, mut more) = (0usize, false);
+        loop {
+            let m = match tokio::time::timeout_at(deadline, replies.next()).await {
+                Ok(Some(m)) => m,
+                Ok(None) | Err(_) => {
+                    return Err(unavailable("the dead-letter stream did not answer in time"));
+                }
+            };
+            match m.status {
+                // The end of the batch, or nothing (more) to read.
+                Some(s) if s == 204 || s == 404 => break,
+                Some(s) => {
+                    return Err(unavailable(format!(
+                        "dead-letter stream: {s} {:?}",
+                        m.description
+                    )));
+                }
+                None => {}
+            }
+            let header = |k: &str| {
+                m.headers
+                    .as_ref()
+                    .and_then(|h| h.get(k))
+                    .map(|v| v.as_str().to_string())
+            };
+            let Some(pending) = header("Nats-Num-Pending") else {
+                // Not a batch reply: this server does not batch.
+                return Ok(None);
+            };
+            let seq: u64 = header("Nats-Sequence")
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| unavailable("a dead letter without its sequence"))?;
+            let entry = serde_json::from_slice(&m.payload)
+                .map_err(|e| unavailable(format!("dead letter {seq} is corrupt: {e}")))?;
+            out.push(jetrun_nats::dlq::Stored { seq, entry });
+            next = seq + 1;
+            got += 1;
+            more = pending.parse::<u64>().is_ok_and(|p| p > 0);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        if got == 0 || !more {
+            break;
+        }
+    }
+    Ok(Some(out))
 }

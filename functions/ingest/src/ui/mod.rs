@@ -487,31 +487,18 @@ async fn jobs_page(State(c): C, headers: HeaderMap, Query(q): Query<JobsQuery>) 
         }
     };
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    let (names, list, seq) = if who.operator() {
-        // Read once: the filter's choices and, without a queue, the queues to list.
-        let names = data::queue_names(ingest).await;
-        let listed = match &names {
-            Ok(n) if queue.is_none() => Some(n.clone()),
-            _ => None,
-        };
-        let (list, seq) = tokio::join!(
-            data::jobs(ingest, &who.tenant, queue.as_deref(), listed, status, limit),
-            last_seq(ingest)
-        );
-        (names, list, seq)
-    } else {
-        // A tenant's list reads the index itself (`data::tenant_jobs`): both at once.
-        tokio::join!(
-            data::queue_names(ingest),
-            data::jobs(ingest, &who.tenant, queue.as_deref(), None, status, limit),
-            last_seq(ingest)
-        )
+    // One read of the index serves the filter's queue names and the listing.
+    let (index, seq) = tokio::join!(data::Index::read(ingest), last_seq(ingest));
+    let index = match index {
+        Ok(i) => i,
+        Err(p) => return problem_page(Some(&who), &p),
     };
+    let list = data::jobs(ingest, &index, &who.tenant, queue.as_deref(), status, limit).await;
     let list = match list {
         Ok(l) => l,
         Err(p) => return problem_page(Some(&who), &p),
     };
-    let names = names.unwrap_or_default();
+    let names = index.queues();
     let mut src = format!("/ui/live/stream?last_event_id={}", seq.unwrap_or(0));
     if let Some(q) = &queue {
         src.push_str(&format!("&queue={}", pages::urlenc(q)));

@@ -309,7 +309,7 @@ pub fn jobs(list: &JobList, tenant: &str) -> String {
         let note = if tenant == OPERATOR_TENANT {
             "More jobs match: raise the number shown or narrow the filter."
         } else {
-            "Showing your jobs among the newest of each queue; narrow the filter to see older ones."
+            "Showing your jobs among the newest 500 that match; narrow the filter to see older ones."
         };
         let _ = write!(h, r#"<p class="hint">{note}</p>"#);
     }

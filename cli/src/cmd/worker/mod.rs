@@ -1,7 +1,12 @@
 //! `jetrun worker`: the job lifecycle of one node in one process — dispatch for the given
 //! queues, the node agent and settle. Several workers can run side by side on one host,
 //! each with its own `--data-dir` (and so its own node id); the autoscaler's `local`
-//! backend spawns them.
+//! backend spawns them. Every component setting is reachable from `--config FILE`
+//! ([`WorkerConfig`]), the flags override it.
+
+mod config;
+
+pub use config::WorkerConfig;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,7 +21,8 @@ use tracing::{info, warn};
 use crate::GlobalOpts;
 
 /// Which runner launches tasks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RunnerKind {
     /// OCI (runc) when a probe container runs on this machine, else the process runner.
     Auto,
@@ -34,37 +40,42 @@ pub enum RunnerKind {
 /// Lifecycle settings shared by `jetrun worker` and `jetrun dev`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LifecycleArgs {
-    /// Runner: auto (oci when a probe container runs, else process), oci, process, null.
-    #[arg(long, env = "JETRUN_RUNNER", value_enum, default_value = "auto")]
-    pub runner: RunnerKind,
+    /// Runner: auto (oci when a probe container runs, else process), oci, process, null,
+    /// ecs [default: auto].
+    #[arg(long, env = "JETRUN_RUNNER", value_enum)]
+    pub runner: Option<RunnerKind>,
     /// This node's id (default: host name plus a hash of the data directory, so it is
     /// stable across restarts and distinct between workers on one host).
     #[arg(long, env = "JETRUN_NODE_ID")]
     pub node_id: Option<String>,
-    /// Jobs this worker runs at once.
-    #[arg(long, env = "JETRUN_MAX_CONCURRENT_JOBS", default_value_t = 4)]
-    pub max_concurrent_jobs: usize,
+    /// Jobs this worker runs at once [default: 4].
+    #[arg(long, env = "JETRUN_MAX_CONCURRENT_JOBS")]
+    pub max_concurrent_jobs: Option<usize>,
     /// Jobs one tenant may run at once on this worker (default: no limit).
     #[arg(long, env = "JETRUN_TENANT_MAX_RUNNING")]
     pub tenant_max_running: Option<usize>,
     /// Job starts per second per tenant on this worker (default: no limit).
     #[arg(long, env = "JETRUN_TENANT_STARTS_PER_SECOND")]
     pub tenant_starts_per_second: Option<f64>,
-    /// Lease TTL of running jobs: a worker silent this long is presumed dead.
-    #[arg(long, env = "JETRUN_LEASE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub lease_ttl: Duration,
-    /// How often leases are renewed.
-    #[arg(long, env = "JETRUN_LEASE_RENEW", default_value = "3s", value_parser = humantime::parse_duration)]
-    pub lease_renew: Duration,
-    /// Time between SIGTERM and SIGKILL when a task is stopped (timeout, cancel).
-    #[arg(long, env = "JETRUN_STOP_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub stop_grace: Duration,
-    /// Base of the retry backoff (exponential with jitter, capped at 5 min).
-    #[arg(long, env = "JETRUN_RETRY_BASE", default_value = "2s", value_parser = humantime::parse_duration)]
-    pub retry_base: Duration,
-    /// How often settle sweeps active jobs (timeout backstop, leaseless jobs).
-    #[arg(long, env = "JETRUN_SWEEP_EVERY", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub sweep_every: Duration,
+    /// Lease TTL of running jobs: a worker silent this long is presumed dead; settle
+    /// calls a job lost after three TTLs without a lease [default: 10s].
+    #[arg(long, env = "JETRUN_LEASE_TTL", value_parser = humantime::parse_duration)]
+    pub lease_ttl: Option<Duration>,
+    /// How often leases are renewed [default: 3s].
+    #[arg(long, env = "JETRUN_LEASE_RENEW", value_parser = humantime::parse_duration)]
+    pub lease_renew: Option<Duration>,
+    /// Time between SIGTERM and SIGKILL when a task is stopped (timeout, cancel)
+    /// [default: 10s].
+    #[arg(long, env = "JETRUN_STOP_GRACE", value_parser = humantime::parse_duration)]
+    pub stop_grace: Option<Duration>,
+    /// Base of the retry backoff of launches and attempts (exponential with jitter,
+    /// capped at 5 min) [default: 2s].
+    #[arg(long, env = "JETRUN_RETRY_BASE", value_parser = humantime::parse_duration)]
+    pub retry_base: Option<Duration>,
+    /// How often settle sweeps active jobs (timeout backstop, leaseless jobs)
+    /// [default: 5s].
+    #[arg(long, env = "JETRUN_SWEEP_EVERY", value_parser = humantime::parse_duration)]
+    pub sweep_every: Option<Duration>,
     /// Secret keying HTTP completion callbacks (HMAC-SHA256); without it HTTP callbacks
     /// are refused.
     #[arg(long, env = "JETRUN_CALLBACK_SECRET", hide_env_values = true)]
@@ -84,9 +95,9 @@ pub struct LifecycleArgs {
     #[arg(long, env = "JETRUN_NETWORK_QUEUES", value_delimiter = ',')]
     pub network_queues: Option<Vec<String>>,
     /// Size limit in MiB of an OCI task's scratch dir (`/work`, a tmpfs): writes past it
-    /// fail with ENOSPC instead of filling the host's disk.
-    #[arg(long, env = "JETRUN_TASK_SCRATCH_MB", default_value_t = 1024)]
-    pub task_scratch_mb: u64,
+    /// fail with ENOSPC instead of filling the host's disk [default: 1024].
+    #[arg(long, env = "JETRUN_TASK_SCRATCH_MB")]
+    pub task_scratch_mb: Option<u64>,
     /// The ECS runner's configuration (`--runner ecs`): JSON, or a path to a JSON file
     /// (cluster, task definitions per queue, subnets, security groups, capacity
     /// providers, pacer; see docs/runner.md).
@@ -162,18 +173,19 @@ async fn serve_every_queue(
 pub struct Args {
     /// Queues to serve (repeat or comma-separate); `*` serves every queue, also ones
     /// that appear later, each with its own consumer and concurrency.
-    #[arg(
-        long = "queue",
-        short,
-        env = "JETRUN_QUEUES",
-        value_delimiter = ',',
-        default_value = "default"
-    )]
+    /// [default: default]
+    #[arg(long = "queue", short, env = "JETRUN_QUEUES", value_delimiter = ',')]
     pub queues: Vec<String>,
     /// This worker's directory: task bundles, logs, images and runner state. A restart
-    /// with the same directory adopts the tasks left running.
-    #[arg(long, env = "JETRUN_DATA_DIR", default_value = ".jetrun/worker")]
-    pub data_dir: PathBuf,
+    /// with the same directory adopts the tasks left running [default: .jetrun/worker].
+    #[arg(long, env = "JETRUN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// A YAML or JSON file with every setting of the worker's components
+    /// (`WorkerConfig`: queues, data_dir, runner, dispatch, agent, settle, ecs; see
+    /// docs/operations.md). Unknown fields are refused; fields left out keep their
+    /// defaults; flags given (or their environment variables) override it.
+    #[arg(long, env = "JETRUN_WORKER_CONFIG")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub lifecycle: LifecycleArgs,
     #[command(flatten)]
@@ -194,17 +206,13 @@ fn default_node_id(data_dir: &Path) -> String {
     format!("{}-{:08x}", jetrun_host::hostname(), h as u32)
 }
 
-/// Builds the runner `l.runner` over `data_dir` for node `ctx.node_id`.
-pub async fn make_runner(
-    ctx: &jetrun_host::Context,
-    l: &LifecycleArgs,
-    data_dir: &Path,
-) -> anyhow::Result<Arc<dyn Runner>> {
-    let (kind, scratch_mb) = (l.runner, l.task_scratch_mb);
+/// Builds the runner `cfg.runner` over `cfg.data_dir` for node `ctx.node_id`.
+pub async fn make_runner(ctx: &jetrun_host::Context, cfg: &WorkerConfig) -> anyhow::Result<Arc<dyn Runner>> {
+    let data_dir = cfg.data_dir.as_path();
     let oci = || {
         jetrun_runner::oci::OciRunner::new(jetrun_runner::oci::OciConfig {
             data_dir: data_dir.to_path_buf(),
-            work_size_mb: scratch_mb,
+            work_size_mb: cfg.task_scratch_mb,
             ..Default::default()
         })
     };
@@ -214,7 +222,7 @@ pub async fn make_runner(
     };
     // `auto` may fall back to no isolation only where the operator allowed it.
     let fallback = |why: String| -> anyhow::Result<Arc<dyn Runner>> {
-        if !l.allow_unisolated {
+        if !cfg.allow_unisolated {
             anyhow::bail!(
                 "{why}: this machine cannot isolate jobs, and a worker does not run them unisolated \
                  unless told to. Install runc (and run as root), use `--runner ecs`, or pass \
@@ -224,7 +232,7 @@ pub async fn make_runner(
         warn!("{why}; falling back to the process runner (--allow-unisolated)");
         process()
     };
-    Ok(match kind {
+    Ok(match cfg.runner {
         RunnerKind::Null => {
             warn!("using the NULL runner: nothing is launched, every task exits 0 at once (benchmarks only)");
             Arc::new(jetrun_runner::null::NullRunner::new())
@@ -247,23 +255,19 @@ pub async fn make_runner(
             },
             Err(e) => fallback(format!("the OCI runner is unavailable ({e})"))?,
         },
-        RunnerKind::Ecs => ecs_runner(ctx, l).await?,
+        RunnerKind::Ecs => ecs_runner(ctx, cfg).await?,
     })
 }
 
 #[cfg(feature = "ecs")]
-async fn ecs_runner(ctx: &jetrun_host::Context, l: &LifecycleArgs) -> anyhow::Result<Arc<dyn Runner>> {
-    let raw = l
-        .ecs_config
-        .as_deref()
-        .context("--runner ecs needs --ecs-config (JETRUN_ECS_CONFIG): JSON or a JSON file")?;
-    let json = if raw.trim_start().starts_with('{') {
-        raw.to_string()
-    } else {
-        std::fs::read_to_string(raw).with_context(|| format!("reading the ECS config {raw}"))?
-    };
-    let cfg = jetrun_runner::ecs::EcsConfig::from_json(&json)?;
-    let runner = jetrun_runner::ecs::EcsRunner::from_config_shared(cfg, &ctx.js)
+async fn ecs_runner(ctx: &jetrun_host::Context, cfg: &WorkerConfig) -> anyhow::Result<Arc<dyn Runner>> {
+    let json = cfg
+        .ecs
+        .as_ref()
+        .context("--runner ecs needs --ecs-config (JETRUN_ECS_CONFIG) or `ecs` in --config")?
+        .to_string();
+    let ecs = jetrun_runner::ecs::EcsConfig::from_json(&json)?;
+    let runner = jetrun_runner::ecs::EcsRunner::from_config_shared(ecs, &ctx.js)
         .await?
         // Only this node's tasks: every worker of a deployment shares one cluster.
         .with_node(ctx.node_id.clone());
@@ -272,46 +276,33 @@ async fn ecs_runner(ctx: &jetrun_host::Context, l: &LifecycleArgs) -> anyhow::Re
 }
 
 #[cfg(not(feature = "ecs"))]
-async fn ecs_runner(_ctx: &jetrun_host::Context, _l: &LifecycleArgs) -> anyhow::Result<Arc<dyn Runner>> {
+async fn ecs_runner(_ctx: &jetrun_host::Context, _cfg: &WorkerConfig) -> anyhow::Result<Arc<dyn Runner>> {
     anyhow::bail!("--runner ecs needs a jetrun built with the `ecs` feature (the shipped image has it)")
 }
 
 /// Starts the node agent, dispatch for each queue and settle; returns their tasks.
 pub async fn components(
     ctx: &jetrun_host::Context,
-    l: &LifecycleArgs,
-    data_dir: &Path,
-    queues: &[String],
+    cfg: &WorkerConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Vec<Component>> {
+    cfg.validate()?;
+    let (data_dir, queues) = (cfg.data_dir.as_path(), cfg.queues.as_slice());
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let mut ctx = ctx.clone();
-    ctx.node_id = l.node_id.clone().unwrap_or_else(|| default_node_id(data_dir));
-    let runner = make_runner(&ctx, l, data_dir).await?;
+    ctx.node_id = cfg.node_id.clone().unwrap_or_else(|| default_node_id(data_dir));
+    let runner = make_runner(&ctx, cfg).await?;
     let agent_cfg = jetrun_agent::Config {
-        lease_ttl: l.lease_ttl,
-        renew_every: l.lease_renew,
-        stop_grace: l.stop_grace,
-        // The operator opts queues in; unset means none (dev passes `*`).
-        network_queues: l.network_queues.clone().unwrap_or_default(),
         queues: queues.to_vec(),
-        ..Default::default()
+        ..cfg.agent.clone()
     };
     let (agent, adoption, agent_task) =
         jetrun_agent::Agent::start(ctx.clone(), runner, agent_cfg, shutdown.clone()).await?;
     info!(node_id = %ctx.node_id, adopted = adoption.adopted, reaped = adoption.reaped, "node agent up");
     let mut out: Vec<Component> = vec![("agent", tokio::spawn(async move { Ok(agent_task.await??) }))];
-    let dcfg = jetrun_dispatch::Config {
-        max_concurrent_jobs: l.max_concurrent_jobs,
-        tenant_max_running: l.tenant_max_running,
-        tenant_starts_per_second: l.tenant_starts_per_second,
-        launch_retry_base: l.retry_base,
-        ..Default::default()
-    };
-    let dispatcher = jetrun_dispatch::Dispatcher::new(ctx.clone(), agent, dcfg);
+    let dispatcher = jetrun_dispatch::Dispatcher::new(ctx.clone(), agent, cfg.dispatch.clone());
     let every_queue = queues.iter().any(|q| q == ALL_QUEUES);
     for q in queues.iter().filter(|q| *q != ALL_QUEUES) {
-        jetrun_core::names::validate_token(q).map_err(|e| anyhow::anyhow!("queue {q:?}: {e}"))?;
         dispatcher.ensure_consumer(q).await?;
         let d = dispatcher.clone();
         let q = q.clone();
@@ -326,16 +317,8 @@ pub async fn components(
             tokio::spawn(async move { serve_every_queue(ctx, d, explicit, sd).await }),
         ));
     }
-    if !l.no_settle {
-        let scfg = jetrun_settle::Config {
-            backoff_base: l.retry_base,
-            sweep_every: l.sweep_every,
-            lease_grace: (l.lease_ttl * 3).max(Duration::from_secs(5)),
-            callback_secret: l.callback_secret.clone(),
-            callback_allow_hosts: l.callback_allow_hosts.clone(),
-            ..Default::default()
-        };
-        let s = jetrun_settle::Settle::new(ctx.clone(), scfg);
+    if cfg.settle_here {
+        let s = jetrun_settle::Settle::new(ctx.clone(), cfg.settle.clone());
         s.ensure_consumers().await?;
         let sd = shutdown.clone();
         out.push(("settle", tokio::spawn(async move { Ok(s.run(sd).await?) })));
@@ -343,13 +326,33 @@ pub async fn components(
     Ok(out)
 }
 
+impl Args {
+    /// The configuration: --config (or the defaults), then the flags given.
+    pub fn config(&self) -> anyhow::Result<WorkerConfig> {
+        let mut cfg = match &self.config {
+            Some(path) => WorkerConfig::load(path)?,
+            None => WorkerConfig::default(),
+        };
+        if !self.queues.is_empty() {
+            cfg.queues = self.queues.clone();
+        }
+        if let Some(d) = &self.data_dir {
+            cfg.data_dir = d.clone();
+        }
+        cfg.apply(&self.lifecycle)?;
+        Ok(cfg)
+    }
+}
+
 /// Runs a worker until SIGTERM or Ctrl-C.
 pub async fn run(g: &GlobalOpts, a: Args) -> anyhow::Result<()> {
+    // A bad configuration fails before anything connects.
+    let cfg = a.config()?;
     let shutdown = jetrun_host::shutdown_on_signals();
     let ctx = g.context("jetrun-worker").await?;
-    let mut comps = components(&ctx, &a.lifecycle, &a.data_dir, &a.queues, shutdown.clone()).await?;
+    let mut comps = components(&ctx, &cfg, shutdown.clone()).await?;
     comps.extend(a.metrics.start(&ctx, shutdown.clone()).await?);
-    println!("ready worker queues={}", a.queues.join(","));
+    println!("ready worker queues={}", cfg.queues.join(","));
     let _ = std::io::stdout().flush();
     super::supervise::supervise(comps, shutdown).await
 }

@@ -7,6 +7,8 @@ pub mod github;
 pub mod image;
 pub mod init;
 pub mod jobs;
+pub mod nodes;
+pub mod route;
 pub mod scale;
 pub mod serve;
 pub mod submit;

@@ -309,7 +309,7 @@ fn jetrun(dev: &Dev, args: &[&str]) -> std::process::Output {
 fn comment_payload(body: &str) -> Vec<u8> {
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../../fixtures/github-webhooks/issue_comment/created.payload.json"
+        "/../fixtures/github-webhooks/issue_comment/created.payload.json"
     ))
     .unwrap();
     let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();

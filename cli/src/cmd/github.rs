@@ -25,6 +25,13 @@ pub struct Args {
     /// `JETRUN_GITHUB_TOKEN`.
     #[arg(long, env = "JETRUN_GITHUB_TOKEN_FILE")]
     pub github_token_file: Option<PathBuf>,
+    /// GitHub App id: with --github-app-key-file, answers use installation tokens the
+    /// App mints (for the installation each webhook names), not a token.
+    #[arg(long, env = "JETRUN_GITHUB_APP_ID", requires = "github_app_key_file")]
+    pub github_app_id: Option<u64>,
+    /// The GitHub App's private key (PEM, as GitHub hands it out; a mounted secret).
+    #[arg(long, env = "JETRUN_GITHUB_APP_KEY_FILE", requires = "github_app_id")]
+    pub github_app_key_file: Option<PathBuf>,
     /// The jetrun API's address as GitHub users should see it, for logs links
     /// (default http://127.0.0.1:8080).
     #[arg(long, env = "JETRUN_PUBLIC_URL")]
@@ -39,7 +46,8 @@ pub struct Args {
     #[arg(long, env = "JETRUN_GITHUB_CONCURRENCY")]
     pub concurrency: Option<usize>,
     /// A YAML or JSON file with the whole configuration (`jetrun_github::Config`:
-    /// rules_file, api_url, token_file, public_url, attempts, max_wait, concurrency).
+    /// rules_file, api_url, token_file, app_id, app_key_file, public_url, attempts,
+    /// max_wait, concurrency).
     /// Unknown fields are refused; fields left out keep their defaults. Flags given on
     /// the command line or through their environment variables override it.
     #[arg(long, env = "JETRUN_GITHUB_CONFIG")]
@@ -61,6 +69,10 @@ impl Args {
         }
         if self.github_token_file.is_some() {
             cfg.token_file = self.github_token_file.clone();
+        }
+        if self.github_app_id.is_some() {
+            cfg.app_id = self.github_app_id;
+            cfg.app_key_file = self.github_app_key_file.clone();
         }
         if let Some(v) = &self.public_url {
             cfg.public_url = v.clone();

@@ -1,5 +1,5 @@
 //! `jetrun serve`: the HTTP endpoint alone (GitHub webhooks and the API), for
-//! production; and the ingest and route components of `jetrun dev`.
+//! production. Its flags ([`HttpArgs`], [`DevArgs`]) are shared with `jetrun dev`.
 //!
 //! Under AWS Lambda (`AWS_LAMBDA_RUNTIME_API` set) the same router is served through
 //! the Lambda runtime; that needs a build with the `lambda` feature.
@@ -9,11 +9,9 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use jetrun_ingest::{Config, Credentials, Ingest};
-use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::GlobalOpts;
-use crate::cmd::dev::Component;
 
 /// Settings of the HTTP endpoint shared by `serve` and `dev`.
 #[derive(Debug, Clone, clap::Args)]
@@ -49,7 +47,8 @@ pub struct HttpArgs {
 }
 
 impl HttpArgs {
-    fn limits(&self) -> jetrun_ingest::ServerLimits {
+    /// The HTTP server's limits from these flags.
+    pub fn limits(&self) -> jetrun_ingest::ServerLimits {
         jetrun_ingest::ServerLimits {
             header_read_timeout: self.http_header_timeout,
             idle_timeout: self.http_idle_timeout,
@@ -57,7 +56,8 @@ impl HttpArgs {
         }
     }
 
-    fn config(&self, insecure_dev: bool) -> Config {
+    /// Ingest's configuration from these flags (`insecure_dev`: only `jetrun dev`).
+    pub fn config(&self, insecure_dev: bool) -> Config {
         Config {
             max_body_bytes: self.max_body,
             github_events: self
@@ -143,111 +143,5 @@ pub async fn run(g: &GlobalOpts, a: Args) -> anyhow::Result<()> {
     println!("ready http=http://{addr}");
     info!(%addr, "serving webhooks and the API");
     jetrun_ingest::serve_with(listener, router, shutdown, a.http.limits()).await?;
-    Ok(())
-}
-
-/// Starts the HTTP endpoint (on `a.http`) and route as components of `jetrun dev`.
-/// Dev runs in insecure mode explicitly: with no secret configured, signatures are not
-/// checked (a loud warning says so); a configured secret is still enforced.
-pub async fn dev_components(
-    ctx: &jetrun_host::Context,
-    a: &crate::cmd::dev::Args,
-    shutdown: CancellationToken,
-) -> anyhow::Result<Vec<Component>> {
-    let creds = Credentials::from_env(a.ingest.http.github_secret_file.as_deref())?;
-    let insecure = dev_insecure(a, &creds)?;
-    if creds.webhook_secrets.is_empty() {
-        warn!(
-            "jetrun dev: INSECURE DEV MODE, webhook signatures are not checked; set JETRUN_GITHUB_WEBHOOK_SECRET to check them"
-        );
-    }
-    if creds.api_tokens.is_empty() {
-        warn!(
-            "jetrun dev: INSECURE DEV MODE, the API is open to anyone who reaches it; set JETRUN_API_TOKENS to require tokens"
-        );
-    }
-    let ingest = Ingest::new(ctx.clone(), a.ingest.http.config(insecure), creds).await?;
-    let listener = tokio::net::TcpListener::bind(a.http)
-        .await
-        .with_context(|| format!("binding {}", a.http))?;
-    let router = jetrun_ingest::router(ingest);
-    let s = shutdown.clone();
-    let limits = a.ingest.http.limits();
-    let http = tokio::spawn(async move { Ok(jetrun_ingest::serve_with(listener, router, s, limits).await?) });
-    let route_cfg = jetrun_route::Config {
-        rules_file: a.ingest.rules.clone(),
-        ..Default::default()
-    };
-    // Refuse a bad rules file now, with its line, rather than from a background task.
-    if let Some(p) = &route_cfg.rules_file {
-        jetrun_route::Rules::load(p)?;
-    }
-    let ctx = ctx.clone();
-    let route = tokio::spawn(async move { Ok(jetrun_route::run(ctx, route_cfg, shutdown).await?) });
-    Ok(vec![("ingest", http), ("route", route)])
-}
-
-/// Whether dev may run without a webhook secret or API tokens: only where nobody else can
-/// reach it (the HTTP endpoint and the managed nats-server on loopback), or when the
-/// operator said `--insecure-dev`. Elsewhere it needs both, and says so.
-pub fn dev_insecure(a: &crate::cmd::dev::Args, creds: &Credentials) -> anyhow::Result<bool> {
-    let missing: Vec<&str> = [
-        (
-            creds.webhook_secrets.is_empty(),
-            "a webhook secret (JETRUN_GITHUB_WEBHOOK_SECRET)",
-        ),
-        (creds.api_tokens.is_empty(), "API tokens (JETRUN_API_TOKENS)"),
-    ]
-    .into_iter()
-    .filter_map(|(m, what)| m.then_some(what))
-    .collect();
-    let exposed: Vec<String> = [("--http", a.http), ("--nats-listen", a.nats_listen)]
-        .into_iter()
-        .filter(|(_, addr)| !addr.ip().is_loopback())
-        .map(|(flag, addr)| format!("{flag} {addr}"))
-        .collect();
-    if a.insecure_dev || missing.is_empty() || exposed.is_empty() {
-        if !exposed.is_empty() && a.insecure_dev && !missing.is_empty() {
-            warn!(exposed = %exposed.join(", "), "jetrun dev: --insecure-dev on a non-loopback address: anyone who reaches it runs commands");
-        }
-        return Ok(true);
-    }
-    anyhow::bail!(
-        "jetrun dev listens beyond loopback ({}) without {}: anyone who reaches it could run commands. \
-         Set {}, listen on 127.0.0.1, or pass --insecure-dev to accept the risk",
-        exposed.join(", "),
-        missing.join(" and "),
-        missing.join(" and ")
-    )
-}
-
-/// Run route alone: webhook events to job submissions, by a rules file.
-#[derive(Debug, clap::Args)]
-pub struct RouteArgs {
-    /// The rules file (YAML; see docs/rules.md).
-    #[arg(long, env = "JETRUN_RULES")]
-    pub rules: PathBuf,
-    /// Only check the rules file and exit (no NATS needed).
-    #[arg(long)]
-    pub check: bool,
-    /// Webhook events handled at once.
-    #[arg(long, default_value_t = 16)]
-    pub concurrency: usize,
-}
-
-/// Runs `jetrun route`.
-pub async fn run_route(g: &GlobalOpts, a: RouteArgs) -> anyhow::Result<()> {
-    let rules = jetrun_route::Rules::load(&a.rules)?;
-    if a.check {
-        println!("{}: {} rules OK", a.rules.display(), rules.rules.len());
-        return Ok(());
-    }
-    let ctx = g.context("jetrun-route").await?;
-    let cfg = jetrun_route::Config {
-        rules_file: Some(a.rules),
-        concurrency: a.concurrency,
-        ..Default::default()
-    };
-    jetrun_route::run(ctx, cfg, jetrun_host::shutdown_on_signals()).await?;
     Ok(())
 }

@@ -28,7 +28,7 @@ const USERS: [&str; 7] = [
     "github",
     "operator",
 ];
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/github-webhooks");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/github-webhooks");
 
 /// A child killed on drop.
 struct Proc(Child);
@@ -171,7 +171,7 @@ struct Deployment {
 impl Deployment {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let infra = concat!(env!("CARGO_MANIFEST_DIR"), "/../../infra/nats");
+        let infra = concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/nats");
         let conf = std::fs::read_to_string(format!("{infra}/jetrun.conf"))
             .unwrap()
             .replace("http: 127.0.0.1:8222", "")

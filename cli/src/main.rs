@@ -181,7 +181,7 @@ enum Command {
     #[command(subcommand)]
     Image(cmd::image::ImageCmd),
     /// Route webhook events to job submissions by a rules file (`--check` to validate one).
-    Route(cmd::serve::RouteArgs),
+    Route(cmd::route::Args),
     /// Run the autoscaler: queue depth to replicas for every declared service (production).
     ///
     /// Reads each scalable service's queue, decides within the bounds declared with
@@ -203,9 +203,19 @@ enum Command {
     },
     /// Print the man page (roff): `jetrun man | man -l -`.
     Man,
-    /// Live view: queues (depth, oldest age, running, rates), recent failures, nodes.
-    /// `--once` prints one frame (`--json` as JSON).
+    /// Live dashboard: queues (depth, oldest age, running, rates, depth sparkline),
+    /// running jobs and their nodes, replicas, recent failures and dead letters, nodes.
+    /// `--once` prints one plain frame (`--json` as JSON); not a terminal: plain frames.
     Top(cmd::top::Args),
+    /// The live fleet: each node from the nodes bucket with its runner, queues, last
+    /// heartbeat and the jobs it runs (`--watch` redraws every second, `--json` for scripts).
+    ///
+    /// Examples:
+    ///   jetrun nodes
+    ///   jetrun nodes --json | jq '.nodes[] | {node_id, running}'
+    ///   jetrun nodes --watch
+    #[command(verbatim_doc_comment)]
+    Nodes(cmd::nodes::Args),
     /// Answer on GitHub for rules with a `reply` (production; in dev it runs inside `dev`).
     ///
     /// Reads the webhooks stream (consumer `github`) and answers refused or malformed
@@ -247,9 +257,10 @@ async fn main() -> std::process::ExitCode {
         Command::Scale(a) => cmd::scale::run(&cli.global, a).await,
         Command::Worker(a) => cmd::worker::run(&cli.global, a).await,
         Command::Image(a) => cmd::image::run(&cli.global, a).await,
-        Command::Route(a) => cmd::serve::run_route(&cli.global, a).await,
+        Command::Route(a) => cmd::route::run(&cli.global, a).await,
         Command::Autoscale(a) => cmd::autoscale::run(&cli.global, a).await,
         Command::Top(a) => cmd::top::run(&cli.global, a).await,
+        Command::Nodes(a) => cmd::nodes::run(&cli.global, a).await,
         Command::Github(a) => cmd::github::run(&cli.global, a).await,
         Command::Completions { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "jetrun", &mut std::io::stdout());

@@ -419,7 +419,7 @@ fn sign_in(d: &Driver, base: &str, token: &str) {
 
 fn img_dir() -> PathBuf {
     let p = if std::env::var_os("JETRUN_SCREENSHOTS").is_some_and(|v| v == "1") {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/img")
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/img")
     } else {
         std::env::temp_dir().join("jetrun-console-screenshots")
     };
@@ -446,6 +446,13 @@ async fn the_console_in_a_real_browser() {
             .await
             .unwrap();
     }
+    // A dead letter for its page: a submission that is not a CloudEvent, which dispatch
+    // dead-letters with its reason.
+    js.publish("jetrun.job.submit.default", "not a job".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     let img = img_dir();
     let b = base.clone();
     tokio::task::spawn_blocking(move || browse(&b, &img))
@@ -585,8 +592,13 @@ fn browse(base: &str, img: &Path) {
     d.go(&format!("{base}/ui/nodes"));
     d.wait_for("#nodes", Duration::from_secs(10));
     d.screenshot(&img.join("console-nodes.png"));
-    d.go(&format!("{base}/ui/dlq"));
-    d.wait_for("main h1", Duration::from_secs(10));
+    wait_until("the dead letter is listed", Duration::from_secs(20), || {
+        d.go(&format!("{base}/ui/dlq"));
+        d.find("#dlq tr[data-seq]").is_some()
+    });
+    let row = d.find("#dlq tr[data-seq]").unwrap();
+    assert!(d.text(&row).contains("invalid_event"), "{}", d.text(&row));
+    assert!(d.find("#dlq form[action$='/replay'] button").is_some());
     d.screenshot(&img.join("console-dead-letters.png"));
     // Phone width.
     d.size(390, 844);

@@ -32,7 +32,7 @@ const USERS: [&str; 7] = [
     "github",
     "operator",
 ];
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/github-webhooks");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/github-webhooks");
 
 /// A child killed on drop.
 struct Proc(Child);
@@ -116,7 +116,7 @@ struct Deployment {
 impl Deployment {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let infra = concat!(env!("CARGO_MANIFEST_DIR"), "/../../infra/nats");
+        let infra = concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/nats");
         // The shipped config, with paths and ports moved for the test; the users (in the
         // included accounts.conf) with passwords filled in.
         let conf = std::fs::read_to_string(format!("{infra}/jetrun.conf"))

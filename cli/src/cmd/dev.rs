@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use jetrun_harness::{ServerOptions, ServerProcess};
+use jetrun_ingest::{Credentials, Ingest};
 use jetrun_nats::Topology;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::GlobalOpts;
 
@@ -68,6 +69,14 @@ pub struct GithubArgs {
     /// File holding the GitHub token (else `JETRUN_GITHUB_TOKEN`).
     #[arg(long, env = "JETRUN_GITHUB_TOKEN_FILE")]
     pub github_token_file: Option<PathBuf>,
+    /// GitHub App id (with --github-app-key-file: installation tokens instead of a
+    /// token). Set it as the variable for private clones too: the worker's checkout reads
+    /// `JETRUN_GITHUB_APP_ID`/`JETRUN_GITHUB_APP_KEY_FILE` from the environment.
+    #[arg(long, env = "JETRUN_GITHUB_APP_ID", requires = "github_app_key_file")]
+    pub github_app_id: Option<u64>,
+    /// The GitHub App's private key (PEM file).
+    #[arg(long, env = "JETRUN_GITHUB_APP_KEY_FILE", requires = "github_app_id")]
+    pub github_app_key_file: Option<PathBuf>,
     /// The jetrun API's address as GitHub users should see it, for logs links (default:
     /// `http://<--http>`).
     #[arg(long, env = "JETRUN_PUBLIC_URL")]
@@ -87,7 +96,7 @@ pub async fn run(g: &GlobalOpts, a: Args) -> anyhow::Result<()> {
     let shutdown = jetrun_host::shutdown_on_signals();
     // Fail closed before starting anything that listens.
     let creds = jetrun_ingest::Credentials::from_env(a.ingest.http.github_secret_file.as_deref())?;
-    crate::cmd::serve::dev_insecure(&a, &creds)?;
+    dev_insecure(&a, &creds)?;
     std::fs::create_dir_all(&a.data_dir).with_context(|| format!("creating {}", a.data_dir.display()))?;
 
     // The NATS server: an existing one if --nats-url was given explicitly, else managed.
@@ -168,25 +177,30 @@ async fn run_pipeline(
 
     let mut components: Vec<Component> = Vec::new();
     let http_url = format!("http://{}", a.http);
-    components.extend(crate::cmd::serve::dev_components(&ctx, a, shutdown.clone()).await?);
+    components.extend(dev_components(&ctx, a, shutdown.clone()).await?);
     components.push((
         "autoscale",
         crate::cmd::scale::start(&ctx, &a.data_dir, nats_url, shutdown.clone()).await?,
     ));
+    let mut worker = crate::cmd::worker::WorkerConfig {
+        queues: a.queues.clone(),
+        data_dir: a.data_dir.clone(),
+        // Dev runs jobs even where it cannot isolate them (it says so loudly).
+        allow_unisolated: true,
+        ..Default::default()
+    };
     // In dev every queue may ask for network unless the flag says otherwise.
-    let mut lifecycle = a.lifecycle.clone();
-    // Dev runs jobs even where it cannot isolate them (it says so loudly).
-    lifecycle.allow_unisolated = true;
-    lifecycle.network_queues.get_or_insert_with(|| vec!["*".into()]);
-    components.extend(
-        crate::cmd::worker::components(&ctx, &lifecycle, &a.data_dir, &a.queues, shutdown.clone()).await?,
-    );
+    worker.agent.network_queues = vec!["*".into()];
+    worker.apply(&a.lifecycle)?;
+    components.extend(crate::cmd::worker::components(&ctx, &worker, shutdown.clone()).await?);
     components.extend(a.metrics.start(&ctx, shutdown.clone()).await?);
     if a.ingest.rules.is_some() {
         let cfg = jetrun_github::Config {
             rules_file: a.ingest.rules.clone(),
             api_url: a.github.github_api_url.clone(),
             token_file: a.github.github_token_file.clone(),
+            app_id: a.github.github_app_id,
+            app_key_file: a.github.github_app_key_file.clone(),
             public_url: a.github.public_url.clone().unwrap_or_else(|| http_url.clone()),
             attempts: a.github.github_attempts,
             max_wait: a.github.github_max_wait,
@@ -206,4 +220,79 @@ async fn run_pipeline(
 
     // Run until a signal, or until a component fails.
     super::supervise::supervise(components, shutdown).await
+}
+
+/// Starts the HTTP endpoint (on `a.http`) and route as components of `jetrun dev`.
+/// Dev runs in insecure mode explicitly: with no secret configured, signatures are not
+/// checked (a loud warning says so); a configured secret is still enforced.
+pub async fn dev_components(
+    ctx: &jetrun_host::Context,
+    a: &Args,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Vec<Component>> {
+    let creds = Credentials::from_env(a.ingest.http.github_secret_file.as_deref())?;
+    let insecure = dev_insecure(a, &creds)?;
+    if creds.webhook_secrets.is_empty() {
+        warn!(
+            "jetrun dev: INSECURE DEV MODE, webhook signatures are not checked; set JETRUN_GITHUB_WEBHOOK_SECRET to check them"
+        );
+    }
+    if creds.api_tokens.is_empty() {
+        warn!(
+            "jetrun dev: INSECURE DEV MODE, the API is open to anyone who reaches it; set JETRUN_API_TOKENS to require tokens"
+        );
+    }
+    let ingest = Ingest::new(ctx.clone(), a.ingest.http.config(insecure), creds).await?;
+    let listener = tokio::net::TcpListener::bind(a.http)
+        .await
+        .with_context(|| format!("binding {}", a.http))?;
+    let router = jetrun_ingest::router(ingest);
+    let s = shutdown.clone();
+    let limits = a.ingest.http.limits();
+    let http = tokio::spawn(async move { Ok(jetrun_ingest::serve_with(listener, router, s, limits).await?) });
+    let route_cfg = jetrun_route::Config {
+        rules_file: a.ingest.rules.clone(),
+        ..Default::default()
+    };
+    // Refuse a bad rules file now, with its line, rather than from a background task.
+    if let Some(p) = &route_cfg.rules_file {
+        jetrun_route::Rules::load(p)?;
+    }
+    let ctx = ctx.clone();
+    let route = tokio::spawn(async move { Ok(jetrun_route::run(ctx, route_cfg, shutdown).await?) });
+    Ok(vec![("ingest", http), ("route", route)])
+}
+
+/// Whether dev may run without a webhook secret or API tokens: only where nobody else can
+/// reach it (the HTTP endpoint and the managed nats-server on loopback), or when the
+/// operator said `--insecure-dev`. Elsewhere it needs both, and says so.
+pub fn dev_insecure(a: &Args, creds: &Credentials) -> anyhow::Result<bool> {
+    let missing: Vec<&str> = [
+        (
+            creds.webhook_secrets.is_empty(),
+            "a webhook secret (JETRUN_GITHUB_WEBHOOK_SECRET)",
+        ),
+        (creds.api_tokens.is_empty(), "API tokens (JETRUN_API_TOKENS)"),
+    ]
+    .into_iter()
+    .filter_map(|(m, what)| m.then_some(what))
+    .collect();
+    let exposed: Vec<String> = [("--http", a.http), ("--nats-listen", a.nats_listen)]
+        .into_iter()
+        .filter(|(_, addr)| !addr.ip().is_loopback())
+        .map(|(flag, addr)| format!("{flag} {addr}"))
+        .collect();
+    if a.insecure_dev || missing.is_empty() || exposed.is_empty() {
+        if !exposed.is_empty() && a.insecure_dev && !missing.is_empty() {
+            warn!(exposed = %exposed.join(", "), "jetrun dev: --insecure-dev on a non-loopback address: anyone who reaches it runs commands");
+        }
+        return Ok(true);
+    }
+    anyhow::bail!(
+        "jetrun dev listens beyond loopback ({}) without {}: anyone who reaches it could run commands. \
+         Set {}, listen on 127.0.0.1, or pass --insecure-dev to accept the risk",
+        exposed.join(", "),
+        missing.join(" and "),
+        missing.join(" and ")
+    )
 }
