@@ -5,6 +5,9 @@
 //! survives the death of the shim and of `runc run`; a task that died with its node is
 //! `Lost`, never an exit code. Real runc, no skips: these fail where runc cannot run.
 
+#[path = "support/scratch.rs"]
+mod scratch;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -59,7 +62,7 @@ fn killpg9(pgid: i32) {
 
 #[tokio::test]
 async fn pid_1_is_the_init_and_exit_codes_are_kept() {
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch::tempdir();
     let r = runner(d.path());
     let t = r
         .launch(&req("pid1", "tr '\\0' ' ' < /proc/1/cmdline; echo; exit 7"))
@@ -96,7 +99,7 @@ async fn pid_1_is_the_init_and_exit_codes_are_kept() {
 
 #[tokio::test]
 async fn a_timeout_ends_sleep_60_within_2_s() {
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch::tempdir();
     let r = runner(d.path());
     let t = r.launch(&req("timeout", "echo up; sleep 60")).await.unwrap();
     let t0 = Instant::now();
@@ -115,7 +118,7 @@ async fn a_timeout_ends_sleep_60_within_2_s() {
 
 #[tokio::test]
 async fn a_cancel_ends_a_running_sleep_60_within_2_s() {
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch::tempdir();
     let r = runner(d.path());
     // Also when the command is a shell waiting for a child (the group gets SIGTERM).
     let t = r
@@ -137,7 +140,7 @@ async fn a_cancel_ends_a_running_sleep_60_within_2_s() {
 
 #[tokio::test]
 async fn a_command_that_ignores_sigterm_gets_the_full_grace() {
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch::tempdir();
     let r = runner(d.path());
     let t = r
         .launch(&req("stubborn", "trap '' TERM; echo up; sleep 60"))
@@ -155,7 +158,7 @@ async fn a_command_that_ignores_sigterm_gets_the_full_grace() {
 
 #[tokio::test]
 async fn a_command_handling_sigterm_ends_by_itself() {
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch::tempdir();
     let r = runner(d.path());
     let t = r
         .launch(&req(
@@ -174,7 +177,7 @@ async fn a_command_handling_sigterm_ends_by_itself() {
 
 #[tokio::test]
 async fn orphans_are_reaped() {
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch::tempdir();
     let r = runner(d.path());
     // 30 orphans (their parent exits at once), then count zombies in the container.
     let script = "for i in $(seq 30); do sh -c 'sleep 0.1 &'; done; sleep 1; \
@@ -189,7 +192,7 @@ async fn orphans_are_reaped() {
 
 #[tokio::test]
 async fn the_status_survives_the_death_of_the_shim_and_runc_run() {
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch::tempdir();
     {
         let r = runner(d.path());
         // The shim alone is killed: `runc run` lives on, deletes the container at its end
@@ -227,7 +230,7 @@ async fn the_status_survives_the_death_of_the_shim_and_runc_run() {
 
 #[tokio::test]
 async fn a_task_that_died_with_its_node_is_lost() {
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch::tempdir();
     let r = runner(d.path());
     let t = r.launch(&req("gone", "echo up; sleep 60")).await.unwrap();
     until_up(&r, &t).await;
@@ -257,7 +260,7 @@ async fn a_task_that_died_with_its_node_is_lost() {
 
 #[tokio::test]
 async fn a_process_task_whose_shim_died_is_running_then_lost() {
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch::tempdir();
     let r = ProcessRunner::new(d.path()).unwrap();
     let spec = JobSpec::new(
         "q",
@@ -286,7 +289,7 @@ async fn a_process_task_whose_shim_died_is_running_then_lost() {
 
 #[tokio::test]
 async fn without_its_init_the_runner_refuses_to_start() {
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch::tempdir();
     let e = OciRunner::new(OciConfig {
         data_dir: d.path().to_path_buf(),
         init: "/nonexistent/tini-static".into(),

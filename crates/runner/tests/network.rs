@@ -7,6 +7,9 @@
 //! Real runc containers (as root) and a real slirp4netns. These tests do not skip: a
 //! machine that cannot run them fails them.
 
+#[path = "support/scratch.rs"]
+mod scratch;
+
 use std::net::TcpListener;
 use std::path::Path;
 use std::sync::Arc;
@@ -85,7 +88,7 @@ fn host_netns() -> String {
 
 #[tokio::test]
 async fn a_network_task_has_its_own_namespace_and_cannot_reach_host_loopback() {
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch::tempdir();
     let r = runner_with(d.path(), |_| {});
     let (port, hits) = listener();
     // The host's loopback, directly and through slirp's gateway: refused.
@@ -133,7 +136,7 @@ async fn a_network_task_has_its_own_namespace_and_cannot_reach_host_loopback() {
 
 #[tokio::test]
 async fn a_task_without_network_has_only_loopback() {
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch::tempdir();
     let r = runner_with(d.path(), |_| {});
     let (s, out, err) = run(
         &r,
@@ -149,7 +152,7 @@ async fn a_task_without_network_has_only_loopback() {
 
 #[tokio::test]
 async fn ports_of_a_network_task_are_forwarded_from_the_host() {
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch::tempdir();
     let r = runner_with(d.path(), |c| {
         c.ports = jetrun_runner::PortRange {
             start: 32100,
@@ -192,7 +195,7 @@ fn alive(pid: i32) -> bool {
 
 #[tokio::test]
 async fn slirp_is_cleaned_up_when_the_task_ends_also_after_a_restart() {
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch::tempdir();
     let r = runner_with(d.path(), |_| {});
     let t = r.launch(&req("adopt", "sleep 30", true)).await.unwrap();
     let pid = r.slirp_pid(&t).expect("slirp4netns runs");
@@ -231,7 +234,7 @@ async fn slirp_is_cleaned_up_when_the_task_ends_also_after_a_restart() {
 
 #[tokio::test]
 async fn without_slirp4netns_a_network_task_fails_to_launch() {
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch::tempdir();
     let r = runner_with(d.path(), |c| c.slirp4netns = "/nonexistent/slirp4netns".into());
     let e = r.launch(&req("noslirp", "true", true)).await.unwrap_err();
     assert_eq!(e.kind, RunnerErrorKind::InvalidSpec, "{e}");
@@ -244,7 +247,7 @@ async fn without_slirp4netns_a_network_task_fails_to_launch() {
 
 #[tokio::test]
 async fn work_and_tmp_are_size_limited() {
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch::tempdir();
     let r = runner_with(d.path(), |c| {
         c.work_size_mb = 8;
         c.tmp_size_mb = 8;
@@ -325,7 +328,7 @@ async fn process_task_env_child() {
         std::env::var("JETRUN_NATS_PASSWORD").is_ok(),
         "the parent's secret is set here"
     );
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch::tempdir();
     let r = ProcessRunner::new(d.path()).unwrap();
     let mut q = LaunchRequest::new(
         "env",

@@ -3,6 +3,9 @@
 //! when not root or when runc is missing, and fails instead with `JETRUN_REQUIRE_OCI=1`
 //! (scripts/test.sh sets it where runc works); CI runs as root with runc installed.
 
+#[path = "support/scratch.rs"]
+mod scratch;
+
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -69,7 +72,7 @@ async fn probe_passes_and_exit_codes_env_are_kept() {
     if !oci_here() {
         return;
     }
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch::tempdir();
     let r = jetrun_runner::oci::probe(OciConfig {
         data_dir: d.path().to_path_buf(),
         ..Default::default()
@@ -113,7 +116,7 @@ async fn cannot_read_host_files_outside_rootfs() {
     if !oci_here() {
         return;
     }
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch::tempdir();
     let secret = d.path().join("secret.txt");
     std::fs::write(&secret, "s3cr3t").unwrap();
     assert!(std::fs::read_to_string("/etc/hostname").is_ok() || Path::new("/etc/passwd").exists());
@@ -145,7 +148,7 @@ async fn cannot_write_rootfs_but_work_and_tmp() {
     if !oci_here() {
         return;
     }
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch::tempdir();
     let r = runner(d.path());
     for image in ["busybox", "host"] {
         let cmd = "if touch /bin/x || touch /x || touch /usr/x; then exit 1; fi; echo hi > /work/out && touch /tmp/t && cat /work/out || exit 2";
@@ -170,7 +173,7 @@ async fn cannot_reach_host_loopback_without_network() {
     if !oci_here() {
         return;
     }
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch::tempdir();
     let r = runner(d.path());
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
@@ -212,7 +215,7 @@ async fn sees_only_its_own_processes() {
     if !oci_here() {
         return;
     }
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch::tempdir();
     let r = runner(d.path());
     let (s, out, _) = run(
         &r,
@@ -245,7 +248,7 @@ async fn stop_kills_and_timeouts_go_through_stop() {
     if !oci_here() {
         return;
     }
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch::tempdir();
     let r = runner(d.path());
     // The init forwards SIGTERM: the command ends at once, long before the grace.
     let t = r
@@ -301,7 +304,7 @@ async fn pids_limit_applies() {
     if !oci_here() {
         return;
     }
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch::tempdir();
     let r = runner(d.path());
     if !r.cgroups().pids {
         eprintln!("SKIP: no pids cgroup controller on this machine");
@@ -325,7 +328,7 @@ async fn memory_limit_applies() {
     if !oci_here() {
         return;
     }
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch::tempdir();
     let r = runner(d.path());
     if !r.cgroups().memory {
         eprintln!("SKIP: no memory cgroup controller on this machine");
@@ -356,7 +359,7 @@ async fn launch_is_idempotent() {
     if !oci_here() {
         return;
     }
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch::tempdir();
     let r = runner(d.path());
     // Each start of the container leaves a line in its log (its /work is a tmpfs).
     let q = req("idem", "busybox", "echo ran; sleep 0.3");
@@ -376,7 +379,7 @@ async fn ports_unique_across_runners_and_released() {
     if !oci_here() {
         return;
     }
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch::tempdir();
     let cfg = OciConfig {
         data_dir: d.path().to_path_buf(),
         ports: "29800-29809".parse().unwrap(),
@@ -416,7 +419,7 @@ fn task_outlives_dropped_runner_and_is_adopted() {
     if !oci_here() {
         return;
     }
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch::tempdir();
     {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -457,7 +460,7 @@ async fn runs_as_configured_user_without_capabilities() {
     if !oci_here() {
         return;
     }
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch::tempdir();
     let cfg = OciConfig {
         data_dir: d.path().to_path_buf(),
         user: (65534, 65534),
@@ -534,7 +537,7 @@ async fn a_result_written_to_jetrun_result_is_read_back_after_the_container_ende
     if !oci_here() {
         return;
     }
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch::tempdir();
     let r = runner(d.path());
     let q = req(
         "res",
@@ -565,7 +568,7 @@ async fn a_1_mb_result_is_refused_and_the_host_side_stays_bounded() {
     if !oci_here() {
         return;
     }
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch::tempdir();
     let r = runner(d.path());
     // Tries to write 1 MB (and a second file): the result tmpfs takes 32 KiB at most.
     let q = req(
@@ -605,7 +608,7 @@ async fn a_symlinked_result_is_not_followed_to_a_host_file() {
     if !oci_here() {
         return;
     }
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch::tempdir();
     let r = runner(d.path());
     let q = req("link", "busybox", r#"ln -s /etc/shadow "$JETRUN_RESULT""#);
     let (s, _, _) = run(&r, &q).await;
@@ -620,7 +623,7 @@ async fn a_checkout_is_cloned_into_work_without_network() {
     if !oci_here() {
         return;
     }
-    let d = tempfile::tempdir().unwrap();
+    let d = scratch::tempdir();
     let (repo, ids) = local_repo(d.path());
     let r = OciRunner::new(OciConfig {
         data_dir: d.path().join("data"),
