@@ -199,7 +199,11 @@ pub fn init(on: bool, service: &str) -> jetrun_telemetry::Guard {
         sink.url.clone()
     });
     let cfg = jetrun_telemetry::OtelConfig::from_lookup(
-        |k| (k == "OTEL_EXPORTER_OTLP_ENDPOINT").then(|| endpoint.clone()),
+        // The sink's endpoint; every other `OTEL_*` setting (e.g. the sampler) as given.
+        |k| match k {
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => Some(endpoint.clone()),
+            _ => std::env::var(k).ok(),
+        },
         service,
     )
     .unwrap()
