@@ -617,7 +617,7 @@ impl ControlClient {
         let traceparent = trace
             .map(|t| t.traceparent)
             .or(traceparent)
-            .or_else(|| Some(jetrun_core::envelope::new_traceparent()));
+            .or_else(|| Some(jetrun_telemetry::new_traceparent()));
         let body = serde_json::to_vec(&spec).map_err(|e| {
             SubmitError::Publish(PublishError::caused(
                 PublishErrorKind::Encode,

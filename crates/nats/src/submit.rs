@@ -109,7 +109,7 @@ pub async fn submit_as(
     source: Option<String>,
 ) -> Result<Admission, SubmitError> {
     validate(&spec, store.names())?;
-    let traceparent = traceparent.or_else(|| Some(jetrun_core::envelope::new_traceparent()));
+    let traceparent = traceparent.or_else(|| Some(jetrun_telemetry::new_traceparent()));
     let record = JobRecord::new(id.clone(), spec.clone(), traceparent.clone(), source);
     // Straight to the create-if-absent (no read first: a new job, the common case, would
     // pay a round trip for nothing); a retry (the same idempotency key, or a create whose

@@ -183,6 +183,45 @@ pub fn current_context() -> Option<TraceContext> {
     }
 }
 
+/// The head-sampling ratio of new traces, set when export starts (`None`: no export).
+static HEAD_RATIO: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+
+/// The probability that a new trace is sampled under `sampler` (the parent-based ones
+/// decide a root as their root sampler does).
+#[cfg_attr(not(feature = "otel"), allow(dead_code))]
+fn head_ratio(sampler: config::Sampler) -> f64 {
+    use config::Sampler::*;
+    match sampler {
+        AlwaysOn | ParentBasedAlwaysOn => 1.0,
+        AlwaysOff | ParentBasedAlwaysOff => 0.0,
+        TraceIdRatio(r) | ParentBasedTraceIdRatio(r) => r.clamp(0.0, 1.0),
+    }
+}
+
+/// A `traceparent` for a trace jetrun starts itself (a job submitted without trace
+/// context): random ids, and the sampled flag decided by the configured sampler, as the
+/// SDK decides a root span (`traceidratio`: by the trace id's low 64 bits). Without this
+/// every such job arrived "sampled", and a parent-based sampler, the default, kept all of
+/// them whatever its ratio. Without export the flag is set, as W3C's default.
+pub fn new_traceparent() -> String {
+    let tp = jetrun_core::envelope::new_traceparent();
+    let Some(&ratio) = HEAD_RATIO.get() else {
+        return tp;
+    };
+    sampled_by(&tp, ratio)
+}
+
+/// `tp` with its sampled flag decided by `ratio` over its trace id.
+fn sampled_by(tp: &str, ratio: f64) -> String {
+    // `00-<32 hex trace>-<16 hex span>-<flags>`: the low 64 bits are hex 16..32 of the id.
+    let (Some(low), Some(head)) = (tp.get(19..35), tp.get(..52)) else {
+        return tp.to_string();
+    };
+    let low = u64::from_str_radix(low, 16).unwrap_or(u64::MAX);
+    let sampled = ratio >= 1.0 || (ratio > 0.0 && (low as f64) < ratio * (u64::MAX as f64));
+    format!("{head}-{}", if sampled { "01" } else { "00" })
+}
+
 /// The W3C `traceparent` of the current span, when spans are being recorded.
 pub fn current_traceparent() -> Option<String> {
     current_context().map(|c| c.traceparent)
@@ -293,6 +332,7 @@ mod otel {
                 env!("CARGO_PKG_VERSION"),
             ))
             .build();
+        let _ = super::HEAD_RATIO.set(super::head_ratio(cfg.sampler));
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
             .with_sampler(sampler)
@@ -343,6 +383,25 @@ mod otel {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_traces_are_sampled_at_the_configured_ratio() {
+        let tp = jetrun_core::envelope::new_traceparent();
+        assert!(sampled_by(&tp, 1.0).ends_with("-01"));
+        assert!(sampled_by(&tp, 0.0).ends_with("-00"));
+        assert_eq!(&sampled_by(&tp, 0.5)[..52], &tp[..52], "ids kept");
+        let n = 4000;
+        let kept = (0..n)
+            .filter(|_| sampled_by(&jetrun_core::envelope::new_traceparent(), 0.1).ends_with("-01"))
+            .count();
+        assert!((250..550).contains(&kept), "{kept} of {n} at 0.1");
+        assert!(
+            TraceParent::parse(&sampled_by(&tp, 0.1)).is_some(),
+            "still valid W3C"
+        );
+        assert_eq!(head_ratio(config::Sampler::ParentBasedTraceIdRatio(0.25)), 0.25);
+        assert_eq!(head_ratio(config::Sampler::ParentBasedAlwaysOn), 1.0);
+    }
 
     #[test]
     fn outgoing_without_a_span_keeps_a_valid_explicit_context() {

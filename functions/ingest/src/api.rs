@@ -692,7 +692,7 @@ pub async fn scale(
         ));
     }
     let env = ingest.publisher.envelope(types::SCALE_REQUESTED).with_trace(
-        traceparent.or_else(|| Some(jetrun_core::envelope::new_traceparent())),
+        traceparent.or_else(|| Some(jetrun_telemetry::new_traceparent())),
         None,
     );
     let seq = scale_request(&ingest, &service, &req, env).await?;

@@ -815,7 +815,7 @@ async fn scale_request(
         .publisher
         .envelope(types::SCALE_REQUESTED)
         .with_subject(service.to_string())
-        .with_trace(Some(jetrun_core::envelope::new_traceparent()), None);
+        .with_trace(Some(jetrun_telemetry::new_traceparent()), None);
     tokio::time::timeout(
         ingest.config.publish_timeout,
         ingest
