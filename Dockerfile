@@ -36,7 +36,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target,id=jetrun-target-${TARGETARCH} \
     set -eux; triple=$(cat /triple); \
     cargo build --release --locked --target "$triple" -p jetrun --features "$FEATURES"; \
-    cargo build --release --locked --target "$triple" -p jetrun-ecs-bridge --features lambda; \
+    cargo build --release --locked --target "$triple" -p jetrun-ecs-bridge --features lambda,otel; \
     mkdir -p /out; \
     cp "target/$triple/release/jetrun" "target/$triple/release/jetrun-ecs-bridge" /out/
 

@@ -38,8 +38,8 @@ image IMAGE="jetrun:dev" PLATFORMS="linux/arm64,linux/amd64" OUTPUT="--push":
 # target/lambda/jetrun/bootstrap.zip (ingest: `jetrun serve` with the lambda feature)
 lambda ARCH="--arm64":
     python3 -m pip install --quiet --disable-pip-version-check cargo-lambda
-    cargo lambda build --release {{ARCH}} --output-format zip -p jetrun-ecs-bridge --features lambda
-    cargo lambda build --release {{ARCH}} --output-format zip -p jetrun --features lambda,ecs --bin jetrun
+    cargo lambda build --release {{ARCH}} --output-format zip -p jetrun-ecs-bridge --features lambda,otel
+    cargo lambda build --release {{ARCH}} --output-format zip -p jetrun --features lambda,ecs,otel --bin jetrun
 
 # The ECS launch benchmark against moto (docs/benchmarks.md)
 bench-ecs:

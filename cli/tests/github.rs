@@ -15,19 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
-use jetrun_harness::{ServerOptions, ServerProcess, free_port};
+use jetrun_harness::{ShippedNats, free_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_jetrun");
-/// Every user of the shipped config (the server needs each password to start).
-const USERS: [&str; 7] = [
-    "ingest",
-    "route",
-    "worker",
-    "autoscale",
-    "bridge",
-    "github",
-    "operator",
-];
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/github-webhooks");
 
 /// A child killed on drop.
@@ -39,15 +29,11 @@ impl Drop for Proc {
     }
 }
 
-fn pass(user: &str) -> String {
-    format!("{user}-gh-pass")
-}
-
-fn jetrun(url: &str, user: &str) -> Command {
+fn jetrun(nats: &ShippedNats, user: &str) -> Command {
     let mut c = Command::new(BIN);
-    c.env("JETRUN_NATS_URL", url)
+    c.env("JETRUN_NATS_URL", nats.url())
         .env("JETRUN_NATS_USER", user)
-        .env("JETRUN_NATS_PASSWORD", pass(user))
+        .env("JETRUN_NATS_PASSWORD", nats.password(user))
         .env_remove("JETRUN_NATS_TOKEN")
         .env_remove("JETRUN_NATS_CREDS")
         .env_remove("JETRUN_GITHUB_TOKEN");
@@ -163,41 +149,16 @@ fn http(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) -> S
 
 /// A nats-server with the shipped config (passwords filled in) and `jetrun init` applied.
 struct Deployment {
+    /// The processes' logs and files (the server's are the harness's).
     dir: tempfile::TempDir,
-    _server: ServerProcess,
-    url: String,
+    nats: ShippedNats,
 }
 
 impl Deployment {
     fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let infra = concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/nats");
-        let conf = std::fs::read_to_string(format!("{infra}/jetrun.conf"))
-            .unwrap()
-            .replace("http: 127.0.0.1:8222", "")
-            .replace("store_dir: /var/lib/jetrun/jetstream", "");
-        let mut accounts = std::fs::read_to_string(format!("{infra}/accounts.conf")).unwrap();
-        assert!(accounts.contains("user: github,"), "no github user shipped");
-        for u in USERS {
-            accounts = accounts.replace(
-                &format!("$JETRUN_{}_PASSWORD", u.to_uppercase()),
-                &format!("\"{}\"", pass(u)),
-            );
-        }
-        std::fs::write(dir.path().join("accounts.conf"), accounts).unwrap();
-        let conf_path = dir.path().join("jetrun.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let server = ServerProcess::spawn(ServerOptions {
-            addr: SocketAddr::from(([127, 0, 0, 1], free_port().unwrap())),
-            store_dir: dir.path().join("js"),
-            name: "github-perm".into(),
-            cluster: None,
-            log_file: dir.path().join("nats.log"),
-            extra_args: vec!["-c".into(), conf_path.display().to_string()],
-        })
-        .unwrap();
-        let url = server.url();
-        let out = jetrun(&url, "operator").arg("init").output().unwrap();
+        let nats = ShippedNats::start().unwrap();
+        assert!(nats.users().any(|u| u == "github"), "no github user shipped");
+        let out = jetrun(&nats, "operator").arg("init").output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let report = String::from_utf8_lossy(&out.stdout).to_string();
         for made in [
@@ -208,27 +169,22 @@ impl Deployment {
             assert!(report.contains(made), "init did not report {made:?}: {report}");
         }
         Self {
-            dir,
-            _server: server,
-            url,
+            dir: tempfile::tempdir().unwrap(),
+            nats,
         }
     }
 
+    /// The `jetrun` binary with `user`'s credentials.
+    fn jetrun(&self, user: &str) -> Command {
+        jetrun(&self.nats, user)
+    }
+
     async fn client(&self, user: &str) -> async_nats::Client {
-        async_nats::ConnectOptions::new()
-            .user_and_password(user.into(), pass(user))
-            .connect(&self.url)
-            .await
-            .unwrap()
+        self.nats.client(user).await
     }
 
     fn violations(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.path().join("nats.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains("Violation"))
-            .map(str::to_string)
-            .collect()
+        self.nats.violations()
     }
 
     fn log(&self, name: &str) -> String {
@@ -246,7 +202,7 @@ async fn refused<T, E: std::fmt::Debug>(what: &str, r: impl std::future::IntoFut
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn github_answers_a_refused_command_with_only_its_own_permissions() {
     let d = Deployment::start();
-    let (url, dir) = (d.url.clone(), d.dir.path().to_path_buf());
+    let dir = d.dir.path().to_path_buf();
     let (api, seen) = standin();
 
     let rules = dir.join("rules.yaml");
@@ -271,10 +227,10 @@ rules:
     )
     .unwrap();
     let http_addr = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
-    let mut serve = jetrun(&url, "ingest");
+    let mut serve = d.jetrun("ingest");
     serve.args(["serve", "--insecure-dev", "--listen", &http_addr.to_string()]);
     let _serve = start(serve, &dir, "serve", None);
-    let mut route = jetrun(&url, "route");
+    let mut route = d.jetrun("route");
     route.args(["route", "--rules", &rules.display().to_string()]);
     let _route = start(route, &dir, "route", Some("consumer host started"));
     // The github function's settings through --config, one of them overridden by a flag.
@@ -287,7 +243,7 @@ rules:
         ),
     )
     .unwrap();
-    let mut github = jetrun(&url, "github");
+    let mut github = d.jetrun("github");
     github.args([
         "github",
         "--config",
@@ -340,7 +296,8 @@ rules:
 
     // ...and no job was started for it.
     let job = jetrun_core::job::job_id_for_key("default", &jetrun_route::idempotency_key(delivery, "gh"));
-    let out = jetrun(&url, "operator")
+    let out = d
+        .jetrun("operator")
         .args(["jobs", "get", &job, "--json"])
         .output()
         .unwrap();
@@ -445,7 +402,8 @@ async fn github_without_its_consumer_says_to_run_init() {
         .unwrap();
     let rules = d.dir.path().join("rules.yaml");
     std::fs::write(&rules, "version: 1\nrules: []\n").unwrap();
-    let out = jetrun(&d.url, "github")
+    let out = d
+        .jetrun("github")
         .args(["github", "--rules", &rules.display().to_string()])
         .output()
         .unwrap();

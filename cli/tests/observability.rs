@@ -461,7 +461,7 @@ fn a_webhook_job_is_one_trace_with_one_root() {
     }
     let consumed_by: HashSet<&str> = consumers
         .iter()
-        .filter_map(|s| s.attrs.get("origin").map(String::as_str))
+        .filter_map(|s| s.attrs.get("messaging.consumer.group.name").map(String::as_str))
         .collect();
     for hop in ["route", "dispatch", "settle"] {
         assert!(
@@ -476,11 +476,31 @@ fn a_webhook_job_is_one_trace_with_one_root() {
             .is_some_and(|j| j == &ids_first(&ours))),
         "no span names the job"
     );
-    // Every consumer span is a child of a producer span.
+    // Every consumer span is a child of a producer span; a consumer of job state changes
+    // (github's `github-jobs` here) is a child of the span that made the transition
+    // (dispatch's or settle's, or the job-control server span): state changes have no
+    // producer span of their own (decision 46).
     let producer_ids: HashSet<&str> = producers.iter().map(|s| s.span_id.as_str()).collect();
     let by_id: HashMap<&str, &&Got> = ours.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    let mut state_change_consumers = 0;
     for c in &consumers {
         let p = by_id[c.parent.as_str()];
+        let of_state_change = c
+            .attrs
+            .get("messaging.destination.name")
+            .is_some_and(|d| d.contains(".job.event."));
+        if of_state_change {
+            state_change_consumers += 1;
+            let made_by = p.attrs.get("messaging.consumer.group.name").map(String::as_str);
+            assert!(
+                matches!(made_by, Some("dispatch" | "settle")) || p.kind == SpanKind::Server as i32,
+                "state-change consumer {} has parent {} ({:?}, {made_by:?})",
+                c.name,
+                p.name,
+                p.kind
+            );
+            continue;
+        }
         assert!(
             producer_ids.contains(c.parent.as_str()) || p.kind == SpanKind::Internal as i32,
             "consumer {} has parent {} ({:?})",
@@ -489,6 +509,24 @@ fn a_webhook_job_is_one_trace_with_one_root() {
             p.kind
         );
     }
+    assert!(
+        state_change_consumers > 0,
+        "no consumer of the job's state changes in the trace"
+    );
+    // The transition spans carry the job's attempt and tenant.
+    assert!(
+        consumers
+            .iter()
+            .any(|s| s.attrs.get("jetrun.attempt").is_some_and(|a| a == "1")
+                && s.attrs.contains_key("jetrun.tenant")),
+        "no span records the attempt and tenant"
+    );
+    // No state change has a producer span of its own.
+    assert!(
+        !producers.iter().any(|s| s.name.contains(".job.event.")),
+        "{:?}",
+        producers.iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
     // The second job (bad header) is a trace of its own, also rooted at its server span.
     let other: HashSet<&str> = all
         .iter()

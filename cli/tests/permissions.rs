@@ -20,18 +20,9 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use futures::StreamExt;
-use jetrun_harness::{ServerOptions, ServerProcess, free_port};
+use jetrun_harness::{ShippedNats, free_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_jetrun");
-const USERS: [&str; 7] = [
-    "ingest",
-    "route",
-    "worker",
-    "autoscale",
-    "bridge",
-    "github",
-    "operator",
-];
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/github-webhooks");
 
 /// A child killed on drop.
@@ -43,15 +34,11 @@ impl Drop for Proc {
     }
 }
 
-fn pass(user: &str) -> String {
-    format!("{user}-s3cret-pass")
-}
-
-fn jetrun(url: &str, user: &str) -> Command {
+fn jetrun(nats: &ShippedNats, user: &str) -> Command {
     let mut c = Command::new(BIN);
-    c.env("JETRUN_NATS_URL", url)
+    c.env("JETRUN_NATS_URL", nats.url())
         .env("JETRUN_NATS_USER", user)
-        .env("JETRUN_NATS_PASSWORD", pass(user))
+        .env("JETRUN_NATS_PASSWORD", nats.password(user))
         .env_remove("JETRUN_NATS_TOKEN")
         .env_remove("JETRUN_NATS_CREDS");
     c
@@ -108,72 +95,43 @@ fn body_of(resp: &str) -> serde_json::Value {
 
 /// A nats-server with the shipped config (passwords filled in) and `jetrun init` applied.
 struct Deployment {
+    /// The processes' logs and data (the server's are the harness's).
     dir: tempfile::TempDir,
-    _server: ServerProcess,
-    url: String,
+    nats: ShippedNats,
 }
 
 impl Deployment {
     fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let infra = concat!(env!("CARGO_MANIFEST_DIR"), "/../infra/nats");
-        // The shipped config, with paths and ports moved for the test; the users (in the
-        // included accounts.conf) with passwords filled in.
-        let conf = std::fs::read_to_string(format!("{infra}/jetrun.conf"))
-            .unwrap()
-            .replace("http: 127.0.0.1:8222", "")
-            // The store directory comes from the harness (`-sd`); nats-server refuses both.
-            .replace("store_dir: /var/lib/jetrun/jetstream", "");
+        // The users are in the included accounts.conf (the harness fills in their
+        // passwords from there).
+        let conf = std::fs::read_to_string(jetrun_harness::shipped_config_dir().join("jetrun.conf")).unwrap();
         assert!(conf.contains("include ./accounts.conf"), "{conf}");
-        let mut accounts = std::fs::read_to_string(format!("{infra}/accounts.conf")).unwrap();
-        for u in USERS {
-            accounts = accounts.replace(
-                &format!("$JETRUN_{}_PASSWORD", u.to_uppercase()),
-                &format!("\"{}\"", pass(u)),
-            );
-        }
-        std::fs::write(dir.path().join("accounts.conf"), accounts).unwrap();
-        let conf_path = dir.path().join("jetrun.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let server = ServerProcess::spawn(ServerOptions {
-            addr: SocketAddr::from(([127, 0, 0, 1], free_port().unwrap())),
-            store_dir: dir.path().join("js"),
-            name: "perm".into(),
-            cluster: None,
-            log_file: dir.path().join("nats.log"),
-            extra_args: vec!["-c".into(), conf_path.display().to_string()],
-        })
-        .unwrap();
-        let url = server.url();
-        let out = jetrun(&url, "operator").arg("init").output().unwrap();
+        let nats = ShippedNats::start().unwrap();
+        let out = jetrun(&nats, "operator").arg("init").output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         Self {
-            dir,
-            _server: server,
-            url,
+            dir: tempfile::tempdir().unwrap(),
+            nats,
         }
     }
 
+    /// The `jetrun` binary with `user`'s credentials.
+    fn jetrun(&self, user: &str) -> Command {
+        jetrun(&self.nats, user)
+    }
+
     async fn client(&self, user: &str) -> async_nats::Client {
-        async_nats::ConnectOptions::new()
-            .user_and_password(user.into(), pass(user))
-            .connect(&self.url)
-            .await
-            .unwrap()
+        self.nats.client(user).await
     }
 
     /// Permission violations the server logged (what a missing permission looks like).
     fn violations(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.path().join("nats.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains("Violation"))
-            .map(str::to_string)
-            .collect()
+        self.nats.violations()
     }
 
     fn status(&self, id: &str) -> String {
-        let out = jetrun(&self.url, "operator")
+        let out = self
+            .jetrun("operator")
             .args(["jobs", "get", id, "--json"])
             .output()
             .unwrap();
@@ -202,11 +160,10 @@ const TERMINAL: [&str; 4] = ["succeeded", "failed", "timed_out", "cancelled"];
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_function_runs_with_only_its_own_permissions() {
     let d = Deployment::start();
-    let url = d.url.clone();
     let dir = d.dir.path();
 
     let http_addr = SocketAddr::from(([127, 0, 0, 1], free_port().unwrap()));
-    let mut serve = jetrun(&url, "ingest");
+    let mut serve = d.jetrun("ingest");
     serve.args(["serve", "--insecure-dev", "--listen", &http_addr.to_string()]);
     let _serve = start(serve, dir, "serve");
 
@@ -226,7 +183,7 @@ rules:
 "#,
     )
     .unwrap();
-    let mut route = jetrun(&url, "route");
+    let mut route = d.jetrun("route");
     route.args(["route", "--rules", &rules.display().to_string()]);
     let _route = start_logging(route, dir, "route", "consumer host started");
 
@@ -256,7 +213,7 @@ rules:
         "{resp}"
     );
 
-    let mut worker = jetrun(&url, "worker");
+    let mut worker = d.jetrun("worker");
     worker.args([
         "worker",
         "--runner",
@@ -265,7 +222,7 @@ rules:
         &dir.join("worker").display().to_string(),
     ]);
     let _worker = start(worker, dir, "worker");
-    let mut autoscale = jetrun(&url, "autoscale");
+    let mut autoscale = d.jetrun("autoscale");
     autoscale.args([
         "autoscale",
         "--data-dir",

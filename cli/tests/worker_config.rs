@@ -174,3 +174,44 @@ fn a_bad_config_file_fails_at_once_naming_the_field() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--ecs-config"), "{err}");
 }
+
+#[cfg(feature = "ecs")]
+#[test]
+fn an_unknown_field_in_the_ecs_section_fails_at_once_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("worker.yaml");
+    std::fs::write(
+        &cfg,
+        "runner: ecs\necs:\n  cluster: jobs\n  task_definition: job\n  subnet: [subnet-0a]\n",
+    )
+    .unwrap();
+    // Nothing listens on this URL: the error must come before any connection.
+    let out = jetrun("nats://127.0.0.1:1")
+        .arg("worker")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("unknown field `subnet`") && err.contains("worker.yaml"),
+        "{err}"
+    );
+    assert!(
+        !err.to_lowercase().contains("connect"),
+        "failed before connecting: {err}"
+    );
+
+    // A section that cannot work is refused the same way.
+    std::fs::write(&cfg, "runner: ecs\necs: {cluster: jobs}\n").unwrap();
+    let out = jetrun("nats://127.0.0.1:1")
+        .arg("worker")
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no task definition"), "{err}");
+}

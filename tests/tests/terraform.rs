@@ -1555,3 +1555,542 @@ fn lambda_functions_trace_with_xray_and_may_write_segments() {
             .contains("PassThrough")
     );
 }
+
+// ---- Per-queue alarms and the OpenTelemetry collector on AWS ----------------------------
+
+/// The value of `key` in an object literal.
+fn field<'a>(e: &'a Expression, key: &str) -> Option<&'a Expression> {
+    let Expression::Object(obj) = e else { return None };
+    obj.iter().find_map(|(k, v)| {
+        let name = match k {
+            ObjectKey::Identifier(i) => i.as_str().to_string(),
+            ObjectKey::Expression(Expression::String(s)) => s.clone(),
+            _ => return None,
+        };
+        (name == key).then_some(v)
+    })
+}
+
+fn default_of<'a>(m: &'a Module, var: &str) -> Option<&'a Expression> {
+    let vars = m.variables();
+    let v = vars
+        .get(var)
+        .unwrap_or_else(|| panic!("{}: no variable {var}", m.label()));
+    attr(v.body(), "default")
+}
+
+fn type_of(m: &Module, var: &str) -> String {
+    let vars = m.variables();
+    let v = vars
+        .get(var)
+        .unwrap_or_else(|| panic!("{}: no variable {var}", m.label()));
+    attr(v.body(), "type").map(|e| e.to_string()).unwrap_or_default()
+}
+
+/// The string literals a `contains([...], x)` in the variable's validation allows.
+fn allowed_values(m: &Module, var: &str) -> Vec<String> {
+    let vars = m.variables();
+    let condition = nested(vars[var].body(), "validation")
+        .first()
+        .and_then(|v| attr(v.body(), "condition"))
+        .unwrap_or_else(|| panic!("{}: {var} has no validation", m.label()));
+    let mut all = Vec::new();
+    walk(condition, &mut all);
+    all.into_iter()
+        .find_map(|e| match e {
+            Expression::FuncCall(f) if f.name.name.as_str() == "contains" => f.args.first().map(strings),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{}: {var}'s validation has no contains([...], ...)", m.label()))
+}
+
+/// Position of the argument rendered as `arg` in a `merge(...)` expression.
+fn merge_position(e: &Expression, arg: &str) -> Option<usize> {
+    let Expression::FuncCall(f) = e else { return None };
+    if f.name.name.as_str() != "merge" {
+        return None;
+    }
+    f.args.iter().position(|a| a.to_string() == arg)
+}
+
+#[test]
+fn listed_queues_get_their_own_wait_and_backlog_alarms() {
+    let m = Module::named("observability");
+    assert_eq!(type_of(&m, "queues"), "list(string)");
+    assert_eq!(
+        default_of(&m, "queues"),
+        Some(&Expression::Array(vec![])),
+        "no per-queue alarm unless queues are named"
+    );
+    let overrides = [
+        (
+            "queue_wait_p99_threshold_seconds_by_queue",
+            "queue_wait_p99_threshold_seconds",
+        ),
+        (
+            "backlog_age_threshold_seconds_by_queue",
+            "backlog_age_threshold_seconds",
+        ),
+    ];
+    for (by_queue, _) in overrides {
+        assert_eq!(type_of(&m, by_queue), "map(number)");
+        assert!(
+            matches!(default_of(&m, by_queue), Some(Expression::Object(o)) if o.is_empty()),
+            "{by_queue} defaults to no override"
+        );
+    }
+
+    let defs = jetrun_metric_defs(&m);
+    let mut covered = BTreeSet::new();
+    for alarm in m.resources("aws_cloudwatch_metric_alarm") {
+        let body = alarm.body();
+        let name = label(alarm, 1);
+        let Some(for_each) = attr(body, "for_each").map(|e| e.to_string()) else {
+            continue;
+        };
+        if !for_each.contains("var.queues") {
+            continue;
+        }
+        // One instance per listed queue, none when jetrun's metrics are off.
+        assert!(
+            for_each.contains("toset(var.queues)") && for_each.contains("var.jetrun_metrics"),
+            "{name}: for_each = {for_each}"
+        );
+        let key = attr(body, "metric_name")
+            .and_then(metric_key_of)
+            .unwrap_or_else(|| panic!("{name}: metric_name is not local.jetrun_metrics.<key>.name"));
+        let Some(Expression::Object(dims)) = attr(body, "dimensions") else {
+            panic!("{name}: dimensions is not an object literal");
+        };
+        let dims: Vec<(String, String)> = dims
+            .iter()
+            .map(|(k, v)| (format!("{k}"), v.to_string()))
+            .collect();
+        assert!(
+            matches!(dims.as_slice(), [(k, v)] if k == "queue" && (v == "each.value" || v == "each.key")),
+            "{name}: dimensions {dims:?}, wanted {{ queue = each.value }}"
+        );
+        assert_eq!(
+            defs[&key].1,
+            BTreeSet::from(["queue".to_string()]),
+            "{name}: {key} must be the per-queue series"
+        );
+        // The alarm names its queue and tells the operator where to look.
+        let alarm_name = attr(body, "alarm_name").unwrap().to_string();
+        assert!(alarm_name.contains("each."), "{name}: alarm_name {alarm_name}");
+        let description = attr(body, "alarm_description").unwrap().to_string();
+        for wanted in ["each.value", "`jetrun top`", "docs/operations.md"] {
+            assert!(
+                description.contains(wanted),
+                "{name}: the description lacks {wanted}: {description}"
+            );
+        }
+        // Its threshold: the queue's override, else the global one.
+        let threshold = attr(body, "threshold").unwrap().to_string();
+        let (by_queue, global) = if key == "queue_wait" {
+            overrides[0]
+        } else {
+            overrides[1]
+        };
+        assert!(
+            threshold.contains(&format!("var.{by_queue}"))
+                && threshold.contains(&format!("var.{global}"))
+                && threshold.contains("each.value"),
+            "{name}: threshold = {threshold}"
+        );
+        let actions: String = attr(body, "alarm_actions")
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        assert_eq!(actions, "[local.topic_arn]", "{name}");
+        covered.insert(defs[&key].0.clone());
+    }
+    assert_eq!(
+        covered,
+        BTreeSet::from([
+            "jetrun_job_queue_wait_seconds".to_string(),
+            "jetrun_queue_oldest_pending_age_seconds".to_string(),
+        ]),
+        "per-queue alarms on submit-to-start and backlog age"
+    );
+
+    // The aggregate alarms stay: they catch the queues nobody listed.
+    for name in ["queue_wait_p99", "backlog_age"] {
+        let a = m.resource("aws_cloudwatch_metric_alarm", name);
+        assert!(
+            matches!(attr(a.body(), "dimensions"), Some(Expression::Object(o)) if o.is_empty()),
+            "{name} is over every queue"
+        );
+    }
+    // An override for a queue without alarms is refused, not silently ignored.
+    let conditions: Vec<String> = m
+        .all_blocks()
+        .into_iter()
+        .filter(|b| b.identifier() == "precondition")
+        .filter_map(|b| attr(b.body(), "condition").map(|e| e.to_string()))
+        .collect();
+    for (by_queue, _) in overrides {
+        assert!(
+            conditions
+                .iter()
+                .any(|c| c.contains(&format!("var.{by_queue}")) && c.contains("var.queues")),
+            "no precondition ties {by_queue} to queues: {conditions:?}"
+        );
+    }
+    // alarm_names lists them.
+    let outputs = m
+        .files
+        .iter()
+        .find(|(p, _, _)| p.ends_with("outputs.tf"))
+        .map(|(_, t, _)| t.as_str())
+        .unwrap();
+    for r in ["queue_wait_p99_per_queue", "backlog_age_per_queue"] {
+        assert!(
+            outputs.contains(&format!("aws_cloudwatch_metric_alarm.{r}")),
+            "alarm_names lacks {r}"
+        );
+    }
+
+    // The example alarms on the queues its worker serves.
+    let example = Module::example();
+    let call = example
+        .blocks("module")
+        .find(|b| label(b, 0) == "observability")
+        .unwrap();
+    assert_eq!(
+        attr(call.body(), "queues").map(|e| e.to_string()).as_deref(),
+        Some("var.queues")
+    );
+    let worker = example
+        .blocks("module")
+        .find(|b| label(b, 0) == "worker")
+        .unwrap();
+    assert!(
+        attr(worker.body(), "environment")
+            .unwrap()
+            .to_string()
+            .contains("join(\",\", var.queues)"),
+        "var.queues is what the worker serves (JETRUN_QUEUES)"
+    );
+}
+
+#[test]
+fn lambda_functions_export_spans_to_a_collector_extension_when_asked() {
+    for module in ["ingest-lambda", "ecs-bridge"] {
+        let m = Module::named(module);
+        // Off unless asked.
+        assert_eq!(
+            default_of(&m, "otel_collector_extension"),
+            Some(&Expression::Bool(false)),
+            "{module}"
+        );
+        for v in [
+            "otel_collector_config",
+            "otel_traces_sampler",
+            "otel_traces_sampler_arg",
+        ] {
+            assert_eq!(default_of(&m, v), Some(&Expression::Null), "{module}: {v}");
+        }
+        let env = m.local("otel_env").to_string();
+        for wanted in [
+            "var.otel_collector_extension ? { OTEL_EXPORTER_OTLP_ENDPOINT = \"http://localhost:4318\" }",
+            "var.otel_collector_config == null ? {} : { OPENTELEMETRY_COLLECTOR_CONFIG_URI = var.otel_collector_config }",
+            "OTEL_TRACES_SAMPLER = var.otel_traces_sampler",
+            "OTEL_TRACES_SAMPLER_ARG = tostring(var.otel_traces_sampler_arg)",
+        ] {
+            assert!(env.contains(wanted), "{module}: otel_env lacks {wanted}: {env}");
+        }
+        // Before the caller's environment, so a value the caller sets wins.
+        let environment = m.local("environment");
+        let otel = merge_position(environment, "local.otel_env");
+        let callers = merge_position(environment, "var.environment");
+        assert!(
+            matches!((otel, callers), (Some(o), Some(c)) if o < c),
+            "{module}: local.environment = {environment}"
+        );
+        let f = m.resource("aws_lambda_function", "this");
+        let vars = nested(f.body(), "environment")
+            .first()
+            .and_then(|e| attr(e.body(), "variables"))
+            .map(|e| e.to_string());
+        assert_eq!(vars.as_deref(), Some("local.environment"), "{module}");
+        // Container-image functions cannot take layers (Lambda refuses them): the collector
+        // extension has to be in the image.
+        assert_eq!(
+            attr(f.body(), "package_type").map(|e| e.to_string()).as_deref(),
+            Some("\"Image\"")
+        );
+        assert!(
+            attr(f.body(), "layers").is_none(),
+            "{module}: layers on an image function"
+        );
+    }
+    // The collector writes to X-Ray even when the function's own tracing is PassThrough.
+    let ingest = Module::named("ingest-lambda");
+    let count = attr(
+        ingest.resource("aws_iam_role_policy_attachment", "xray").body(),
+        "count",
+    )
+    .unwrap()
+    .to_string();
+    assert!(count.contains("var.otel_collector_extension"), "{count}");
+
+    // The example passes its switch and sampler to both functions.
+    let example = Module::example();
+    for name in ["ingest", "ecs_bridge"] {
+        let call = example.blocks("module").find(|b| label(b, 0) == name).unwrap();
+        for (arg, value) in [
+            ("otel_collector_extension", "var.lambda_otel_collector"),
+            ("otel_traces_sampler", "var.otel_traces_sampler"),
+            ("otel_traces_sampler_arg", "var.otel_traces_sampler_arg"),
+        ] {
+            assert_eq!(
+                attr(call.body(), arg).map(|e| e.to_string()).as_deref(),
+                Some(value),
+                "module.{name}.{arg}"
+            );
+        }
+    }
+}
+
+#[test]
+fn ecs_services_run_a_collector_sidecar_only_when_given_its_image() {
+    let m = Module::named("jetrun-service");
+    assert_eq!(default_of(&m, "otel_collector_image"), Some(&Expression::Null));
+    for v in ["otel_traces_sampler", "otel_traces_sampler_arg"] {
+        assert_eq!(default_of(&m, v), Some(&Expression::Null), "{v}");
+    }
+    assert_eq!(
+        m.local("otel_sidecar").to_string(),
+        "var.otel_collector_image != null"
+    );
+
+    // The sidecar: the given image, not essential, logging like the jetrun container.
+    let collector = m.local("otel_collector");
+    assert_eq!(
+        field(collector, "image").map(|e| e.to_string()).as_deref(),
+        Some("var.otel_collector_image")
+    );
+    assert_eq!(
+        field(collector, "essential"),
+        Some(&Expression::Bool(false)),
+        "a dead collector must not stop jetrun"
+    );
+    let jetrun = m.local("container_base");
+    assert_eq!(field(jetrun, "essential"), Some(&Expression::Bool(true)));
+    let logs = field(collector, "logConfiguration").map(|e| e.to_string());
+    assert!(logs.is_some(), "the sidecar logs");
+    assert_eq!(logs, field(jetrun, "logConfiguration").map(|e| e.to_string()));
+    assert_eq!(
+        field(m.local("log_configuration"), "logDriver"),
+        Some(&Expression::String("awslogs".into()))
+    );
+
+    // Only with an image: the task's containers filter the sidecar on local.otel_sidecar.
+    let mut parts = Vec::new();
+    walk(m.local("containers"), &mut parts);
+    assert!(
+        parts.iter().any(|e| matches!(e, Expression::ForExpr(f)
+            if f.collection_expr.to_string().contains("local.otel_collector")
+                && f.cond_expr.as_ref().map(|c| c.to_string()).as_deref() == Some("local.otel_sidecar"))),
+        "local.containers = {}",
+        m.local("containers")
+    );
+    assert_eq!(
+        attr(
+            m.resource("aws_ecs_task_definition", "this").body(),
+            "container_definitions"
+        )
+        .map(|e| e.to_string())
+        .as_deref(),
+        Some("jsonencode(local.containers)")
+    );
+    // jetrun's own container: the collector starts first (dependsOn, only with it), and
+    // the endpoint is set for it unless the caller's environment names one.
+    let container = m.local("container").to_string();
+    assert!(
+        container.contains("dependsOn") && container.contains("if local.otel_sidecar"),
+        "{container}"
+    );
+    let env = m.local("otel_env").to_string();
+    assert!(
+        env.contains("local.otel_sidecar ? { OTEL_EXPORTER_OTLP_ENDPOINT = \"http://localhost:4318\" }"),
+        "{env}"
+    );
+    assert_eq!(merge_position(m.local("environment"), "local.otel_env"), Some(0));
+    assert_eq!(merge_position(m.local("environment"), "var.environment"), Some(1));
+    assert!(
+        field(jetrun, "environment")
+            .unwrap()
+            .to_string()
+            .contains("local.environment")
+    );
+
+    // X-Ray writes for the collector: exactly two actions, only with the sidecar.
+    let doc = m.data("aws_iam_policy_document", "otel_collector");
+    assert_eq!(
+        attr(doc.body(), "count").map(|e| e.to_string()).as_deref(),
+        Some("local.otel_sidecar ? 1 : 0")
+    );
+    let actions: Vec<String> = nested(doc.body(), "statement")
+        .iter()
+        .flat_map(|s| attr(s.body(), "actions").map(strings).unwrap_or_default())
+        .collect();
+    assert_eq!(actions, vec!["xray:PutTraceSegments", "xray:PutTelemetryRecords"]);
+    let policy = m.resource("aws_iam_role_policy", "otel_collector");
+    assert_eq!(
+        attr(policy.body(), "count").map(|e| e.to_string()).as_deref(),
+        Some("local.otel_sidecar ? 1 : 0")
+    );
+    assert_eq!(
+        attr(policy.body(), "role").map(|e| e.to_string()).as_deref(),
+        Some("aws_iam_role.task.id")
+    );
+    // ... and no other statement of any module grants an X-Ray action (the Lambda
+    // functions use the AWS-managed X-Ray policy).
+    let mut modules = all_modules();
+    modules.push(Module::example());
+    for module in &modules {
+        for (_, _, body) in &module.files {
+            for top in body.blocks() {
+                let mut all = Vec::new();
+                fn collect<'a>(body: &'a Body, out: &mut Vec<&'a Block>) {
+                    for b in body.blocks() {
+                        out.push(b);
+                        collect(b.body(), out);
+                    }
+                }
+                collect(top.body(), &mut all);
+                let xray = all.iter().any(|b| {
+                    attr(b.body(), "actions")
+                        .map(strings)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|a| a.starts_with("xray:"))
+                });
+                let is_the_collector_doc = module.label() == "modules/jetrun-service"
+                    && top.identifier() == "data"
+                    && label(top, 1) == "otel_collector";
+                assert!(
+                    !xray || is_the_collector_doc,
+                    "{}: {} {} grants X-Ray actions",
+                    module.label(),
+                    top.identifier(),
+                    top.labels()
+                        .iter()
+                        .map(|l| l.as_str())
+                        .collect::<Vec<_>>()
+                        .join(".")
+                );
+            }
+        }
+    }
+
+    // The example gives route, worker and autoscale the same collector and sampler.
+    let example = Module::example();
+    for name in ["route", "worker", "autoscale"] {
+        let call = example.blocks("module").find(|b| label(b, 0) == name).unwrap();
+        for (arg, value) in [
+            ("otel_collector_image", "var.otel_collector_image"),
+            ("otel_traces_sampler", "var.otel_traces_sampler"),
+            ("otel_traces_sampler_arg", "var.otel_traces_sampler_arg"),
+        ] {
+            assert_eq!(
+                attr(call.body(), arg).map(|e| e.to_string()).as_deref(),
+                Some(value),
+                "module.{name}.{arg}"
+            );
+        }
+    }
+}
+
+/// What the modules write into OTEL_* is what jetrun's exporter accepts: the collector's
+/// endpoint, and every sampler the variables' validation lets through.
+#[test]
+fn the_otel_settings_the_modules_write_are_ones_jetrun_accepts() {
+    for module in ["ingest-lambda", "ecs-bridge", "jetrun-service"] {
+        let m = Module::named(module);
+        let mut parts = Vec::new();
+        walk(m.local("otel_env"), &mut parts);
+        let endpoints: Vec<&String> = parts
+            .iter()
+            .filter_map(|e| match e {
+                Expression::String(s) if s.starts_with("http") => Some(s),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            endpoints,
+            vec!["http://localhost:4318"],
+            "{module}: the collector's OTLP/HTTP port"
+        );
+        let samplers = allowed_values(&m, "otel_traces_sampler");
+        assert!(samplers.len() >= 6, "{module}: {samplers:?}");
+        for sampler in &samplers {
+            let env = BTreeMap::from([
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoints[0].clone()),
+                ("OTEL_TRACES_SAMPLER", sampler.clone()),
+                // tostring(0.1), as the modules render otel_traces_sampler_arg.
+                ("OTEL_TRACES_SAMPLER_ARG", "0.1".to_string()),
+            ]);
+            let cfg = jetrun_telemetry::OtelConfig::from_lookup(|k| env.get(k).cloned(), "jetrun")
+                .unwrap_or_else(|e| panic!("{module}: jetrun refuses {sampler}: {e}"))
+                .unwrap_or_else(|| panic!("{module}: export off with {env:?}"));
+            assert_eq!(cfg.traces_endpoint, "http://localhost:4318/v1/traces");
+        }
+        // The ratio bounds are jetrun's: [0, 1].
+        let vars = m.variables();
+        let arg = nested(vars["otel_traces_sampler_arg"].body(), "validation")
+            .first()
+            .and_then(|v| attr(v.body(), "condition"))
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(arg.contains(">= 0") && arg.contains("<= 1"), "{module}: {arg}");
+        for bad in ["-0.1", "1.5"] {
+            let env = BTreeMap::from([
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoints[0].clone()),
+                ("OTEL_TRACES_SAMPLER", "traceidratio".to_string()),
+                ("OTEL_TRACES_SAMPLER_ARG", bad.to_string()),
+            ]);
+            assert!(
+                jetrun_telemetry::OtelConfig::from_lookup(|k| env.get(k).cloned(), "jetrun").is_err(),
+                "jetrun accepts ratio {bad}, which the validation refuses"
+            );
+        }
+    }
+}
+
+/// `cond ? [a, b] : [c]` (or a concat against a list literal) is not a choice between two
+/// lists in Terraform: tuples of different lengths either fail at plan ("Inconsistent
+/// conditional result types") or are unified into a list of string maps, so numbers reach
+/// JSON as strings. An empty list on one side is fine; anything else goes through a
+/// filter (`[for x in [...] : x if cond]`).
+#[test]
+fn no_conditional_chooses_between_tuples() {
+    fn tuple_like(e: &Expression) -> Option<Option<usize>> {
+        match e {
+            Expression::Array(items) => Some(Some(items.len())),
+            Expression::FuncCall(f) if ["concat", "flatten"].contains(&f.name.name.as_str()) => Some(None),
+            Expression::ForExpr(f) if f.key_expr.is_none() => Some(None),
+            Expression::Parenthesis(p) => tuple_like(p),
+            _ => None,
+        }
+    }
+    let mut problems = Vec::new();
+    let mut modules = all_modules();
+    modules.push(Module::example());
+    for m in &modules {
+        for e in m.all_expressions() {
+            let Expression::Conditional(c) = e else { continue };
+            let (Some(t), Some(f)) = (tuple_like(&c.true_expr), tuple_like(&c.false_expr)) else {
+                continue;
+            };
+            let fine = t == Some(0) || f == Some(0) || (t.is_some() && t == f);
+            if !fine {
+                problems.push(format!("{}: {e}", m.label()));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

@@ -61,9 +61,10 @@ pub async fn run(g: &GlobalOpts, a: Args) -> anyhow::Result<()> {
 }
 
 /// Everything a deployment needs: the topology's streams, buckets and consumers, settle's
-/// consumers, the ECS pacer's bucket and the github function's consumers and bucket (those components run as
-/// users that may not create them). `jetrun init` and `jetrun dev` both apply this, so
-/// `init` against a running `dev` changes nothing.
+/// consumers, the ECS pacer's bucket, the github function's consumers and bucket (those
+/// components run as users that may not create them) and autoscale's request consumer.
+/// `jetrun init` and `jetrun dev` both apply this, so `init` against a running `dev`
+/// changes nothing.
 pub async fn provision(
     js: &async_nats::jetstream::Context,
     topo: &Topology,
@@ -75,12 +76,15 @@ pub async fn provision(
         1,
     ));
     topo.extra_buckets.push(jetrun_github::bucket_config(&topo.names));
-    topo.extra_consumers
-        .extend(jetrun_github::consumer_configs(&topo.names));
     topo.extra_consumers.extend(
-        jetrun_settle::subscriptions(&topo.names)
-            .into_iter()
-            .map(|s| (s.stream, s.consumer)),
+        [
+            jetrun_github::subscriptions(&topo.names),
+            jetrun_settle::subscriptions(&topo.names),
+            jetrun_autoscale::subscriptions(&topo.names),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|s| (s.stream, s.consumer)),
     );
     Ok(topo.apply(js).await?)
 }

@@ -6,6 +6,9 @@
 //!   temporary store; [`NatsServer::stop`] and [`NatsServer::restart`] let a test take
 //!   JetStream away and bring it back on the same port and store;
 //! - [`Cluster::start`] spawns three clustered servers (R3 streams work);
+//! - [`ShippedNats::start`] runs the shipped least-privilege configuration
+//!   (`infra/nats/jetrun.conf` and `accounts.conf`) with every user's password filled in,
+//!   and connects as any of its users;
 //! - [`ServerProcess`] is the underlying child process, also used by `jetrun dev` with a
 //!   persistent data directory.
 //!
@@ -16,6 +19,10 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod shipped;
+
+pub use shipped::{ShippedNats, ShippedUser, shipped_config_dir, shipped_users};
 
 /// Errors starting a server.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +49,22 @@ pub enum HarnessError {
     /// Filesystem trouble.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// A shipped configuration file could not be read.
+    #[error("reading {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A shipped configuration file is not what the harness can run.
+    #[error("{}: {message}", path.display())]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 /// The nats-server binary to run.

@@ -37,7 +37,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 pub use tokio_util::sync::CancellationToken as Shutdown;
 
 mod typed;
-pub use typed::{Decode, Event, Subscription, Typed, typed};
+pub use typed::{Decode, Event, Invalid, Subscription, Typed, typed};
 
 /// A message handed to a handler.
 #[derive(Debug)]
@@ -332,15 +332,15 @@ impl ConsumerHost {
             messaging.nats.stream_sequence = stream_seq,
             messaging.message.delivery_count = delivered,
             cloudevents.event_type = %ce_type,
-            origin = %self.config.origin,
-            subject = %msg.subject,
-            seq = stream_seq,
-            delivered,
-            ce_id = %ce_id,
-            ce_type = %ce_type,
+            // For logs, which cannot read the span's own context: exported spans carry
+            // it anyway (one attribute). The other names above are the logs' fields too:
+            // short aliases of them doubled every exported span's attributes.
             trace_id = tracing::field::Empty,
             jetrun.job_id = tracing::field::Empty,
             jetrun.queue = tracing::field::Empty,
+            // Recorded by the store's state-change notifications made in this span.
+            jetrun.attempt = tracing::field::Empty,
+            jetrun.tenant = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
         if let Some(q) = queue {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use async_nats::jetstream::consumer;
 use serde::de::DeserializeOwned;
+use tracing::debug;
 
 use crate::{Handler, HandlerError, HandlerFuture, Incoming};
 
@@ -39,6 +40,19 @@ pub struct Decode {
     /// The dead-letter kind of a message without the right CloudEvent type
     /// (`invalid_event`; settle's task events say `forged_task_event`).
     pub wrong_type: &'static str,
+    /// What becomes of a message that fails the check (default: dead-lettered).
+    pub invalid: Invalid,
+}
+
+/// What the host does with a message that fails its [`Decode`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalid {
+    /// Dead-letter it with the reason, then `Term` it.
+    DeadLetter,
+    /// Acknowledge it unhandled (logged at debug). For a consumer that reads the same
+    /// messages as the one that dead-letters them (github's webhooks, which route
+    /// dead-letters): one bad message makes one dead letter, not one per reader.
+    Ack,
 }
 
 impl Decode {
@@ -48,6 +62,7 @@ impl Decode {
             ce_type: Some(ty),
             schema: Some(ty),
             wrong_type: "invalid_event",
+            invalid: Invalid::DeadLetter,
         }
     }
 
@@ -57,6 +72,7 @@ impl Decode {
             ce_type: None,
             schema: None,
             wrong_type: "invalid_event",
+            invalid: Invalid::DeadLetter,
         }
     }
 
@@ -64,6 +80,15 @@ impl Decode {
     pub const fn wrong_type_is(self, kind: &'static str) -> Self {
         Self {
             wrong_type: kind,
+            ..self
+        }
+    }
+
+    /// The same, acknowledging a message that fails instead of dead-lettering it
+    /// ([`Invalid::Ack`]: another consumer of the same messages dead-letters it).
+    pub const fn ack_invalid(self) -> Self {
+        Self {
+            invalid: Invalid::Ack,
             ..self
         }
     }
@@ -142,6 +167,10 @@ where
     fn handle(&self, msg: Incoming) -> HandlerFuture {
         match self.decode.decode::<T>(&msg) {
             Ok(event) => Box::pin((self.f)(Event { event, msg })),
+            Err(e) if self.decode.invalid == Invalid::Ack => {
+                debug!(subject = %msg.subject, reason = %e, "not a message for this consumer; acknowledged unhandled");
+                Box::pin(std::future::ready(Ok(())))
+            }
             Err(e) => Box::pin(std::future::ready(Err(e))),
         }
     }

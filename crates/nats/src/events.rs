@@ -206,7 +206,7 @@ struct DeadLetterView {
 const TERMINAL: &[&str] = &["succeeded", "failed", "timed_out", "cancelled"];
 
 /// Counts what a published event records (state changes, dead letters) and names the job
-/// on the producer span.
+/// on `span` (the producer span; for a notification, the current span).
 fn observe(span: &tracing::Span, env: &Envelope, body: &[u8]) {
     if env.ty == schema::types::JOB_STATE_CHANGED {
         let Ok(c) = serde_json::from_slice::<ChangeView>(body) else {
@@ -316,6 +316,40 @@ impl EventPublisher {
         let body = serde_json::to_vec(&value)
             .map_err(|e| PublishError::caused(PublishErrorKind::Encode, subject.clone(), e))?;
         self.send_raw(subject, env, Bytes::from(body)).await
+    }
+
+    /// Sends an already-validated notification **inside the current span**, without a
+    /// producer span of its own: its headers carry the current span's context (the job's,
+    /// by the rules of [`to_header_map`]), and its job attributes and metrics are recorded
+    /// as [`Self::send_raw`] records them, on the current span when that is in the job's
+    /// trace. For the job state changes the store publishes beside every transition: the
+    /// span of the hop that made the transition already stands for it, and a job makes
+    /// four of them, half its spans (decision 46).
+    pub async fn notify_raw(
+        &self,
+        subject: String,
+        env: &Envelope,
+        body: Bytes,
+    ) -> Result<PublishAckFuture, PublishError> {
+        env.validate()
+            .map_err(|e| PublishError::caused(PublishErrorKind::Invalid, subject.clone(), e))?;
+        let current = tracing::Span::current();
+        let same_trace = env.traceparent.as_deref().is_none_or(|tp| {
+            let ours = jetrun_telemetry::current_context()
+                .and_then(|c| jetrun_telemetry::TraceParent::parse(&c.traceparent).map(|p| p.trace_id));
+            ours.is_some() && ours == jetrun_telemetry::TraceParent::parse(tp).map(|p| p.trace_id)
+        });
+        if same_trace {
+            observe(&current, env, &body);
+        } else {
+            // Metrics only: the current span is another trace's (a sweep acting for the job).
+            observe(&tracing::Span::none(), env, &body);
+        }
+        let headers = to_header_map(env);
+        self.js
+            .publish_with_headers(subject.clone(), headers, body)
+            .await
+            .map_err(|e| PublishError::caused(PublishErrorKind::Unavailable, subject, e))
     }
 
     /// Sends an already-validated body.

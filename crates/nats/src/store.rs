@@ -609,9 +609,11 @@ impl JobStore {
                 // the whole record: receivers and settle read it.
                 let mut slim = change;
                 slim.record.spec.env.clear();
+                // In the span of the hop that made the transition, without a span of its
+                // own (decision 46); the callback copy above is a hop and keeps one.
                 let ack = self
                     .events
-                    .send_raw(
+                    .notify_raw(
                         self.names.job_event(&after.queue, &after.id),
                         &env,
                         to_body(&slim)?,

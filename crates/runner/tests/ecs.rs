@@ -612,47 +612,11 @@ async fn logs_and_the_result_come_from_the_tasks_cloudwatch_log_stream() {
     assert_eq!(r3.log_tail(&arn2, 5).await.unwrap(), None);
 }
 
-/// nats-server with the shipped `infra/nats` configuration (least-privilege users,
-/// passwords filled in). Returns the server and its URL.
-fn shipped_nats(dir: &std::path::Path) -> (jetrun_harness::ServerProcess, String) {
-    let infra = concat!(env!("CARGO_MANIFEST_DIR"), "/../../infra/nats");
-    let conf = std::fs::read_to_string(format!("{infra}/jetrun.conf"))
-        .unwrap()
-        .replace("http: 127.0.0.1:8222", "")
-        .replace("store_dir: /var/lib/jetrun/jetstream", "");
-    let mut accounts = std::fs::read_to_string(format!("{infra}/accounts.conf")).unwrap();
-    for u in [
-        "INGEST",
-        "ROUTE",
-        "WORKER",
-        "AUTOSCALE",
-        "BRIDGE",
-        "GITHUB",
-        "OPERATOR",
-    ] {
-        accounts = accounts.replace(&format!("$JETRUN_{u}_PASSWORD"), &format!("\"pw-{u}\""));
-    }
-    std::fs::write(dir.join("accounts.conf"), accounts).unwrap();
-    let conf_path = dir.join("jetrun.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let server = jetrun_harness::ServerProcess::spawn(jetrun_harness::ServerOptions {
-        addr: std::net::SocketAddr::from(([127, 0, 0, 1], jetrun_harness::free_port().unwrap())),
-        store_dir: dir.join("js"),
-        name: "pacer-perm".into(),
-        cluster: None,
-        log_file: dir.join("nats.log"),
-        extra_args: vec!["-c".into(), conf_path.display().to_string()],
-    })
-    .unwrap();
-    let url = server.url();
-    (server, url)
-}
-
-async fn js_as(url: &str, user: &str) -> async_nats::jetstream::Context {
-    let client = async_nats::ConnectOptions::new()
-        .user_and_password(user.into(), format!("pw-{}", user.to_uppercase()))
+async fn js_as(nats: &jetrun_harness::ShippedNats, user: &str) -> async_nats::jetstream::Context {
+    let client = nats
+        .connect_options(user)
         .request_timeout(Some(Duration::from_secs(1)))
-        .connect(url)
+        .connect(nats.url())
         .await
         .unwrap();
     // A denied JetStream request is never answered: fail it fast.
@@ -663,8 +627,8 @@ async fn js_as(url: &str, user: &str) -> async_nats::jetstream::Context {
 
 #[tokio::test]
 async fn init_creates_the_pacer_bucket_and_the_least_privilege_worker_only_uses_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let (_server, url) = shipped_nats(dir.path());
+    // The shipped `infra/nats` configuration: least-privilege users.
+    let nats = jetrun_harness::ShippedNats::start().unwrap();
     let bucket = jetrun_runner::ecs::shared_bucket_name("jetrun");
     assert_eq!(bucket, "jetrun-ecs-pacer");
     let cfg = PacerConfig {
@@ -672,7 +636,7 @@ async fn init_creates_the_pacer_bucket_and_the_least_privilege_worker_only_uses_
         refill_per_second: 20.0,
         shared_bucket: Some(bucket.clone()),
     };
-    let worker = js_as(&url, "worker").await;
+    let worker = js_as(&nats, "worker").await;
 
     // Before `jetrun init`, the worker may not create it, and says what to do.
     let e = KvTokenBucket::open(&worker, &bucket, "ecs-launch.jetrun", &cfg)
@@ -680,17 +644,25 @@ async fn init_creates_the_pacer_bucket_and_the_least_privilege_worker_only_uses_
         .unwrap_err();
     assert!(e.to_string().contains("jetrun init"), "{e}");
 
-    // What `jetrun init` does as the operator; a second run changes nothing.
-    let operator = js_as(&url, "operator").await;
-    assert!(
-        jetrun_runner::ecs::ensure_bucket(&operator, &bucket, 1)
-            .await
-            .unwrap()
+    // What `jetrun init` does as the operator (the pacer's bucket declared in the
+    // topology, cli/src/cmd/init.rs); a second run changes nothing.
+    let operator = js_as(&nats, "operator").await;
+    let mut topo = jetrun_nats::Topology::new(jetrun_core::Names::default());
+    topo.extra_buckets
+        .push(jetrun_runner::ecs::pacer::bucket_config(&bucket, 1));
+    let pacer_bucket = |report: Vec<jetrun_nats::topology::Applied>| {
+        report
+            .into_iter()
+            .find(|a| a.kind == "bucket" && a.name == bucket)
+            .map(|a| a.change)
+    };
+    assert_eq!(
+        pacer_bucket(topo.apply(&operator).await.unwrap()),
+        Some(jetrun_nats::topology::Change::Created)
     );
-    assert!(
-        !jetrun_runner::ecs::ensure_bucket(&operator, &bucket, 1)
-            .await
-            .unwrap()
+    assert_eq!(
+        pacer_bucket(topo.apply(&operator).await.unwrap()),
+        Some(jetrun_nats::topology::Change::Unchanged)
     );
     let kv = operator.get_key_value(&bucket).await.unwrap();
     assert_eq!(kv.status().await.unwrap().history(), 1);
@@ -714,9 +686,14 @@ async fn init_creates_the_pacer_bucket_and_the_least_privilege_worker_only_uses_
 
     // But it can create no bucket or stream of its own.
     assert!(
-        jetrun_runner::ecs::ensure_bucket(&worker, "jetrun-other", 1)
+        worker
+            .create_key_value(jetrun_runner::ecs::pacer::bucket_config("jetrun-other", 1))
             .await
             .is_err()
+    );
+    assert!(
+        operator.get_key_value("jetrun-other").await.is_err(),
+        "no bucket was made"
     );
     assert!(
         worker

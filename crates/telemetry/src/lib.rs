@@ -130,6 +130,21 @@ pub fn init_with(format: &str, otel_config: Option<OtelConfig>) -> Guard {
     }
 }
 
+/// Exports every span ended so far and waits for the exporter (at most its timeout,
+/// `OTEL_EXPORTER_OTLP_TIMEOUT`); a no-op when nothing is exported. Blocking: call it from
+/// `spawn_blocking` in async code. For a process that can be frozen between units of work
+/// (AWS Lambda freezes the environment once an invocation has answered), where spans left
+/// in the batch would otherwise wait for the next invocation, or be lost with the
+/// environment.
+pub fn flush() {
+    #[cfg(feature = "otel")]
+    if let Some(p) = otel::PROVIDER.get()
+        && let Err(e) = p.force_flush()
+    {
+        tracing::debug!(error = %e, "span flush failed");
+    }
+}
+
 /// The log and span filter when `RUST_LOG` (or `JETRUN_TRACE_FILTER`) is not set.
 pub const DEFAULT_FILTER: &str = "info,async_nats=warn";
 
@@ -283,6 +298,10 @@ mod otel {
     use crate::config::{OtelConfig, Protocol, Sampler};
 
     pub(super) static EXPORTING: AtomicBool = AtomicBool::new(false);
+    /// The provider of the installed layer, for [`super::flush`] (a clone: the
+    /// [`super::Guard`] still shuts it down).
+    pub(super) static PROVIDER: std::sync::OnceLock<opentelemetry_sdk::trace::SdkTracerProvider> =
+        std::sync::OnceLock::new();
 
     pub(super) fn layer<S>(
         cfg: &OtelConfig,
@@ -338,9 +357,24 @@ mod otel {
             .with_sampler(sampler)
             .with_resource(resource)
             .build();
+        let _ = PROVIDER.set(provider.clone());
         let tracer = provider.tracer("jetrun");
         EXPORTING.store(true, Ordering::Relaxed);
-        Some((tracing_opentelemetry::layer().with_tracer(tracer), provider))
+        // What the layer adds by default and nothing here reads, at a cost on every span
+        // (and every poll of an instrumented future): busy/idle timings (two clock reads
+        // per enter/exit), the OTel context attached on each enter (jetrun reads a span's
+        // context from the span itself, `OpenTelemetrySpanExt::context`), the thread's
+        // name (an allocation per span), `target` and the source location (three more
+        // attributes on every exported span; the span name and `otel.name` say where it
+        // comes from). Measured in docs/benchmarks.md, "Cost of observability".
+        let layer = tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_tracked_inactivity(false)
+            .with_context_activation(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_location(false);
+        Some((layer, provider))
     }
 
     pub(super) fn link(span: &tracing::Span, tp: &crate::TraceParent, ts: Option<&str>) -> bool {

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use jetrun_core::Names;
 use jetrun_core::scale::{BackendKind, Burst, ScaleRequest, ScaleSignal, ScaleSpec, ScaleState};
 use jetrun_core::schema::types;
-use jetrun_host::{ConsumerHost, HandlerError, HostConfig, Incoming};
+use jetrun_host::{ConsumerHost, Decode, Event, HandlerError, HostConfig, Subscription};
 use jetrun_nats::EventPublisher;
 use tokio::sync::RwLock;
 use tokio::time::Instant;
@@ -48,6 +48,40 @@ fn setup(e: impl std::fmt::Display) -> AutoscaleError {
         kind: AutoscaleErrorKind::Setup,
         message: e.to_string(),
     }
+}
+
+/// What a scale request must be, checked by the host before [`request_handler`] runs:
+/// exactly a `dev.jetrun.scale.requested.v1` event whose body matches that schema. A
+/// missing or foreign `ce-type` (a signal, a job, anything else that happens to parse)
+/// is dead-lettered as `invalid_event`, a body that does not match as `schema`; neither
+/// is ever applied.
+pub const SCALE_REQUEST: Decode = Decode::event(types::SCALE_REQUESTED);
+
+/// The durable consumer `consumer` of scale requests (`<prefix>.scale.request.>`) on the
+/// scale stream.
+pub fn request_subscription(names: &Names, consumer: &str) -> Subscription {
+    Subscription {
+        stream: names.stream_scale(),
+        consumer: consumer::pull::Config {
+            durable_name: Some(consumer.to_string()),
+            description: Some("autoscale: scale requests".into()),
+            filter_subject: format!("{}.scale.request.>", names.prefix()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: std::time::Duration::from_secs(30),
+            max_deliver: 10,
+            // Explicit: the server's default (1000) would otherwise read as a difference
+            // on every `jetrun init` and every start, and update the consumer each time.
+            max_ack_pending: 1000,
+            ..Default::default()
+        },
+    }
+}
+
+/// What autoscale reads, as `jetrun init` declares it: the request consumer under its
+/// default name (an autoscaler configured with another `request_consumer` creates that
+/// one itself: its credential may).
+pub fn subscriptions(names: &Names) -> Vec<Subscription> {
+    vec![request_subscription(names, &Config::default().request_consumer)]
 }
 
 /// Specs and bursts, kept current by a watch on the scale bucket.
@@ -138,19 +172,16 @@ impl Autoscaler {
 
     /// Creates the durable request consumer on the scale stream if it is missing.
     pub async fn ensure_request_consumer(&self) -> Result<(), AutoscaleError> {
-        let want = consumer::pull::Config {
-            durable_name: Some(self.cfg.request_consumer.clone()),
-            description: Some("autoscale: scale requests".into()),
-            filter_subject: format!("{}.scale.request.>", self.names.prefix()),
-            ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: std::time::Duration::from_secs(30),
-            max_deliver: 10,
-            ..Default::default()
-        };
-        jetrun_nats::topology::ensure_consumer(&self.js, &self.names.stream_scale(), want)
+        let sub = self.request_subscription();
+        jetrun_nats::topology::ensure_consumer(&self.js, &sub.stream, sub.consumer)
             .await
             .map(|_| ())
             .map_err(setup)
+    }
+
+    /// The request consumer this autoscaler reads (its configured `request_consumer`).
+    pub fn request_subscription(&self) -> Subscription {
+        request_subscription(&self.names, &self.cfg.request_consumer)
     }
 
     /// Runs the election, the request consumer and the tick loop until `shutdown`;
@@ -164,11 +195,12 @@ impl Autoscaler {
         let stop_elector = CancellationToken::new();
         let election = tokio::spawn(elector.run(stop_elector.clone()));
 
+        let sub = self.request_subscription();
         let host = ConsumerHost::bind(
             &self.js,
             &self.names,
-            &self.names.stream_scale(),
-            &self.cfg.request_consumer,
+            &sub.stream,
+            sub.name(),
             HostConfig {
                 origin: "autoscale".into(),
                 concurrency: 4,
@@ -468,47 +500,14 @@ async fn watch_specs(kv: kv::Store, cache: Arc<RwLock<Cache>>, shutdown: Cancell
     }
 }
 
-/// The request consumer's handler: parse, check the subject, apply.
-fn request_handler(
-    kv: kv::Store,
-    names: Names,
-) -> impl Fn(Incoming) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), HandlerError>> + Send>>
-+ Send
-+ Sync
-+ 'static {
-    move |msg: Incoming| {
+/// The request consumer's handler over requests the host has checked ([`SCALE_REQUEST`]):
+/// check the subject, apply.
+fn request_handler(kv: kv::Store, names: Names) -> impl jetrun_host::Handler {
+    jetrun_host::typed(SCALE_REQUEST, move |ev: Event<ScaleRequest>| {
         let kv = kv.clone();
         let names = names.clone();
-        Box::pin(async move {
-            // Checked by type before the body: a scale request is exactly a
-            // `dev.jetrun.scale.requested.v1` event whose body matches that schema. A
-            // missing or foreign `ce-type` (a signal, a job, anything else that happens
-            // to parse) is never applied.
-            match &msg.envelope {
-                Ok(env) if env.ty == types::SCALE_REQUESTED => {}
-                Ok(env) => {
-                    return Err(HandlerError::permanent(
-                        "invalid_event",
-                        format!(
-                            "ce-type {:?} is not {} on {}",
-                            env.ty,
-                            types::SCALE_REQUESTED,
-                            msg.subject
-                        ),
-                    ));
-                }
-                Err(e) => {
-                    return Err(HandlerError::permanent(
-                        "invalid_event",
-                        format!("no valid CloudEvent envelope on {}: {e}", msg.subject),
-                    ));
-                }
-            }
-            jetrun_core::schema::validate(types::SCALE_REQUESTED, &msg.payload).map_err(|e| {
-                HandlerError::permanent("invalid_event", format!("body does not match its ce-type: {e}"))
-            })?;
-            let req: ScaleRequest = serde_json::from_slice(&msg.payload)
-                .map_err(|e| HandlerError::permanent("invalid_event", format!("not a scale request: {e}")))?;
+        async move {
+            let (req, msg) = (ev.event, ev.msg);
             let service = spec::request_service(&req);
             if msg.subject != names.scale_request(service) {
                 return Err(HandlerError::permanent(
@@ -530,6 +529,6 @@ fn request_handler(
                     Err(HandlerError::permanent(e.kind.as_str(), e.message))
                 }
             }
-        })
-    }
+        }
+    })
 }

@@ -11,7 +11,9 @@
 //! - [`backend`]: who applies a decision: `local` (supervised `jetrun worker` processes),
 //!   `ecs-service` (feature `ecs`), `signal` (emit only);
 //! - [`leader`]: one active autoscaler, elected through a TTL'd KV lease;
-//! - [`autoscaler`]: the loop tying them together, plus the scale-request consumer.
+//! - [`autoscaler`]: the loop tying them together, plus the scale-request consumer
+//!   ([`subscriptions`], created by `jetrun init`; its requests checked and decoded by
+//!   the host as [`SCALE_REQUEST`]).
 
 pub mod autoscaler;
 pub mod backend;
@@ -21,6 +23,6 @@ pub mod leader;
 pub mod observe;
 pub mod spec;
 
-pub use autoscaler::{AutoscaleError, Autoscaler};
+pub use autoscaler::{AutoscaleError, Autoscaler, SCALE_REQUEST, request_subscription, subscriptions};
 pub use config::Config;
 pub use spec::{Applied, ScaleRequestError, ScaleRequestErrorKind, apply_request, declare};

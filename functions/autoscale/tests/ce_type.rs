@@ -1,6 +1,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! Scale requests are checked by `ce-type`: a request body published without a CloudEvent
-//! envelope, with a foreign or unknown type, is dead-lettered and never applied.
+//! Scale requests are checked by the consumer host before the autoscaler's handler runs
+//! (`jetrun_autoscale::SCALE_REQUEST`): a request body published without a CloudEvent
+//! envelope or with a foreign or unknown type is dead-lettered as `invalid_event`, a body
+//! that is not JSON or not a scale request as `schema`, each with the host's reason, and
+//! none is applied.
 
 use std::time::Duration;
 
@@ -17,7 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test]
-async fn scale_requests_with_a_missing_foreign_or_unknown_ce_type_are_dead_lettered_not_applied() {
+async fn scale_requests_with_a_missing_or_foreign_ce_type_or_an_invalid_body_are_dead_lettered_by_the_host() {
     let server = NatsServer::start().unwrap();
     let client = server.client().await;
     let js = async_nats::jetstream::new(client.clone());
@@ -77,7 +80,16 @@ async fn scale_requests_with_a_missing_foreign_or_unknown_ce_type_are_dead_lette
     // 4. The right type, a body of another type.
     let right = to_header_map(&Envelope::new(types::SCALE_REQUESTED, "/attacker"));
     let job = Bytes::from_static(br#"{"queue":"default","image":"busybox","service":"w","action":"burst"}"#);
-    js.publish_with_headers(subject.clone(), right, job)
+    js.publish_with_headers(subject.clone(), right, job.clone())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // 5. The right type, a body that is not JSON. Its subject names another service: had
+    // the handler seen it, it would have refused it for that, with its own reason.
+    let right = to_header_map(&Envelope::new(types::SCALE_REQUESTED, "/attacker"));
+    let other = names.scale_request("other");
+    js.publish_with_headers(other.clone(), right, Bytes::from_static(b"{\"service\": \"w\""))
         .await
         .unwrap()
         .await
@@ -86,21 +98,69 @@ async fn scale_requests_with_a_missing_foreign_or_unknown_ce_type_are_dead_lette
     let deadline = Instant::now() + Duration::from_secs(10);
     let entries = loop {
         let list = jetrun_nats::dlq::list(&js, &names, 0, 10).await.unwrap();
-        if list.len() >= 4 {
+        if list.len() >= 5 {
             break list;
         }
         assert!(
             Instant::now() < deadline,
-            "only {} of 4 dead-lettered",
+            "only {} of 5 dead-lettered",
             list.len()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(entries.len(), 4);
-    for e in &entries {
-        assert_eq!(e.entry.reason_kind, "invalid_event", "{:?}", e.entry);
-        assert_eq!(e.entry.origin, "autoscale");
+    assert_eq!(entries.len(), 5);
+    // Each by its body: (kind, what the host's reason says).
+    let want: [(Bytes, &str, String); 5] = [
+        (
+            burst(2),
+            "invalid_event",
+            format!("no valid CloudEvent headers on {subject}"),
+        ),
+        (
+            burst(3),
+            "invalid_event",
+            format!(
+                "ce-type \"{}\" on {subject} is not {}",
+                types::SCALE_SIGNAL,
+                types::SCALE_REQUESTED
+            ),
+        ),
+        (
+            burst(4),
+            "invalid_event",
+            format!(
+                "ce-type \"dev.jetrun.scale.bogus.v1\" on {subject} is not {}",
+                types::SCALE_REQUESTED
+            ),
+        ),
+        (
+            job,
+            "schema",
+            format!("{} does not match its schema", types::SCALE_REQUESTED),
+        ),
+        (
+            Bytes::from_static(b"{\"service\": \"w\""),
+            "schema",
+            format!("body of {} is not JSON", types::SCALE_REQUESTED),
+        ),
+    ];
+    for (body, kind, reason) in &want {
+        let e = entries
+            .iter()
+            .map(|e| &e.entry)
+            .find(|e| e.payload().unwrap() == body.as_ref())
+            .unwrap_or_else(|| panic!("{body:?} not dead-lettered: {entries:?}"));
+        assert_eq!(e.reason_kind, *kind, "{e:?}");
+        assert!(
+            e.reason.contains(reason.as_str()),
+            "{:?} does not say {reason:?}",
+            e.reason
+        );
+        assert!(!e.reason.contains("published on"), "the handler saw it: {e:?}");
+        assert_eq!(e.origin, "autoscale");
     }
+    let on_other = entries.iter().find(|e| e.entry.subject == other).unwrap();
+    assert_eq!(on_other.entry.reason_kind, "schema");
     assert!(
         jetrun_autoscale::spec::get_burst(&kv, "w")
             .await

@@ -44,7 +44,9 @@ fn pct(v: &mut [Duration], p: f64) -> Duration {
 fn main() {
     match obs::mode() {
         None => obs::compare("job lifecycle (NullRunner)", "jobs/s", "job", |l| {
-            l.starts_with("lifecycle") || l.starts_with("submit→running latency under")
+            l.starts_with("lifecycle")
+                || l.starts_with("CPU per")
+                || l.starts_with("submit→running latency under")
         }),
         Some(on) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -94,7 +96,7 @@ async fn bench(observability: bool) {
         .await
         .unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    if observability {
+    if observability && obs::metrics_on() {
         // What a Prometheus scrape of `/metrics` does: gauges refreshed from NATS, then the
         // registry rendered.
         let (ctx, sd) = (ctx.clone(), shutdown.clone());
@@ -204,6 +206,7 @@ async fn bench(observability: bool) {
 
     let store = ctx.store.clone();
     let publisher = EventPublisher::new(js.clone(), "/bench");
+    let cpu = obs::Cpu::start();
     let t = Instant::now();
     let submitter = {
         let submitted = submitted.clone();
@@ -239,6 +242,7 @@ async fn bench(observability: bool) {
         }
     }
     let elapsed = t.elapsed();
+    cpu.report(done as u64, "job");
     let submit_time = submitter.await.unwrap();
     // Settle the last acks before counting.
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use jetrun_core::task::TaskEvent;
 use jetrun_core::{JobRecord, JobStatus};
 use serde::{Deserialize, Serialize};
-use tracing::{debug, info};
+use tracing::{Instrument, debug, info};
 
 pub use event::{Mapping, Report, map_event, map_view};
 pub use reconcile::{ReconcileReport, reconcile};
@@ -239,8 +239,24 @@ impl Bridge {
             ));
         };
         let ev = r.task_event(node);
-        self.publish.publish(&ev, &rec).await?;
-        info!(job_id = %ev.job_id, attempt = ev.attempt, phase = ev.phase.as_str(), exit_code = ?ev.exit_code, task_arn = %ev.task_ref, "ECS task state reported");
-        Ok(Handled::Published(ev))
+        // The report is part of the job's trace (the record's context, which the task
+        // itself received as TRACEPARENT), not of the invocation's: a Lambda invocation
+        // or the reconcile pass serves any job.
+        let span = tracing::info_span!(
+            "ecs task state",
+            otel.name = %format!("report ecs task {}", ev.phase.as_str()),
+            jetrun.job_id = %ev.job_id,
+            jetrun.attempt = ev.attempt,
+            jetrun.queue = %rec.queue,
+            aws.ecs.task.arn = %ev.task_ref,
+        );
+        jetrun_telemetry::link_remote(&span, rec.traceparent.as_deref(), None);
+        async {
+            self.publish.publish(&ev, &rec).await?;
+            info!(job_id = %ev.job_id, attempt = ev.attempt, phase = ev.phase.as_str(), exit_code = ?ev.exit_code, task_arn = %ev.task_ref, "ECS task state reported");
+            Ok(Handled::Published(ev))
+        }
+        .instrument(span)
+        .await
     }
 }

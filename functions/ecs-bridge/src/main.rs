@@ -8,7 +8,8 @@
 //! Environment: `JETRUN_NATS_URL` (and the `JETRUN_NATS_*` credentials), `JETRUN_PREFIX`
 //! (default `jetrun`), `JETRUN_ECS_DEPLOYMENT` (default `jetrun`), `JETRUN_ECS_CONTAINER`
 //! (default `job`), `JETRUN_ECS_CLUSTER` (for the reconcile, default `jetrun-jobs`),
-//! `JETRUN_LOG_FORMAT` (default `json`).
+//! `JETRUN_LOG_FORMAT` (default `json`), and with the `otel` feature (the shipped image) the
+//! standard `OTEL_*` variables; spans are flushed at the end of each invocation.
 // The SDK clients' and the runtime's nested futures exceed the default layout query depth
 // inside `main`'s state machine.
 #![recursion_limit = "256"]
@@ -75,20 +76,32 @@ async fn main() -> Result<(), Error> {
         let bridge = bridge.clone();
         let runner = runner.clone();
         async move {
-            if ev.payload.get("detail-type").and_then(|t| t.as_str()) == Some("Scheduled Event") {
-                let r = jetrun_ecs_bridge::reconcile(&runner, &bridge)
-                    .await
-                    .map_err(Error::from)?;
-                return Ok::<_, Error>(serde_json::json!({
-                    "reconciled": {"seen": r.seen, "reported": r.reported, "stopped": r.stopped}
-                }));
-            }
-            Ok(match bridge.handle(&ev.payload).await.map_err(Error::from)? {
-                Handled::Published(e) => serde_json::json!({"published": e}),
-                Handled::Ignored(why) => serde_json::json!({"ignored": why}),
-                _ => serde_json::json!({}),
-            })
+            let out = invoke(&bridge, &runner, ev).await;
+            // Lambda freezes the environment once this returns: export the spans now.
+            let _ = tokio::task::spawn_blocking(jetrun_telemetry::flush).await;
+            out
         }
     }))
     .await
+}
+
+/// One invocation: a scheduled reconcile, or one task-state event.
+async fn invoke(
+    bridge: &Bridge,
+    runner: &EcsRunner,
+    ev: LambdaEvent<serde_json::Value>,
+) -> Result<serde_json::Value, Error> {
+    if ev.payload.get("detail-type").and_then(|t| t.as_str()) == Some("Scheduled Event") {
+        let r = jetrun_ecs_bridge::reconcile(runner, bridge)
+            .await
+            .map_err(Error::from)?;
+        return Ok(serde_json::json!({
+            "reconciled": {"seen": r.seen, "reported": r.reported, "stopped": r.stopped}
+        }));
+    }
+    Ok(match bridge.handle(&ev.payload).await.map_err(Error::from)? {
+        Handled::Published(e) => serde_json::json!({"published": e}),
+        Handled::Ignored(why) => serde_json::json!({"ignored": why}),
+        _ => serde_json::json!({}),
+    })
 }

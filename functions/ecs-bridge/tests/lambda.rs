@@ -2,7 +2,9 @@
 //! The `jetrun-ecs-bridge` binary as Lambda runs it: a local Lambda Runtime API (the
 //! documented `/2018-06-01/runtime/invocation/...` protocol) hands it an "ECS Task State
 //! Change" event and then a "Scheduled Event"; the binary talks to a real nats-server and
-//! to moto (AWS_ENDPOINT_URL). Built with `--features lambda`.
+//! to moto (AWS_ENDPOINT_URL) and exports its spans to a local OTLP/HTTP receiver, each
+//! invocation's before the next (Lambda freezes the environment between invocations).
+//! Built with `--features otel` (the shipped binary's features).
 
 #[path = "../../../crates/runner/tests/support/moto.rs"]
 mod moto;
@@ -71,6 +73,41 @@ async fn runtime_api(
         .unwrap())
 }
 
+/// A local OTLP/HTTP receiver (JSON protocol): keeps each request's path and body.
+async fn otlp_receiver() -> (String, Arc<Mutex<Vec<(String, String)>>>) {
+    let got: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let keep = got.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let keep = keep.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |r: Request<hyper::body::Incoming>| {
+                    let keep = keep.clone();
+                    async move {
+                        let path = r.uri().path().to_string();
+                        let body = r
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        keep.lock()
+                            .unwrap()
+                            .push((path, String::from_utf8_lossy(&body).into_owned()));
+                        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    (url, got)
+}
+
 #[tokio::test]
 async fn the_lambda_binary_publishes_a_signed_task_event_and_runs_the_reconcile() {
     let nats = jetrun_harness::NatsServer::start().unwrap();
@@ -84,11 +121,12 @@ async fn the_lambda_binary_publishes_a_signed_task_event_and_runs_the_reconcile(
     moto::setup(&moto::client(&p.url)).await;
 
     // A running attempt on node-x with its key, as dispatch leaves it.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let a = store
         .admit(JobRecord::new(
             "job-l".into(),
             JobSpec::new("default", "busybox", vec!["true".into()]),
-            None,
+            Some(format!("00-{trace_id}-00f067aa0ba902b7-01")),
             None,
         ))
         .await
@@ -148,6 +186,7 @@ async fn the_lambda_binary_publishes_a_signed_task_event_and_runs_the_reconcile(
         });
     }
 
+    let (otlp, exported) = otlp_receiver().await;
     let mut sub = client.subscribe(names.task("exited", "job-l")).await.unwrap();
     client.flush().await.unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_jetrun-ecs-bridge"))
@@ -163,6 +202,10 @@ async fn the_lambda_binary_publishes_a_signed_task_event_and_runs_the_reconcile(
         .env("AWS_ENDPOINT_URL", &p.url)
         .env("JETRUN_NATS_URL", nats.url())
         .env("JETRUN_ECS_CLUSTER", "jobs")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp)
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+        // The batch would wait ten minutes: only the end-of-invocation flush exports.
+        .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -198,5 +241,22 @@ async fn the_lambda_binary_publishes_a_signed_task_event_and_runs_the_reconcile(
     assert_eq!(results[1].0, "req-2");
     assert_eq!(results[1].1, "response", "{results:?}");
     assert_eq!(results[1].2["reconciled"]["seen"], 0);
+
+    // The report's span of the first invocation reached the collector while the process
+    // waits for its next invocation (frozen, on Lambda), in the job's trace.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = exported.lock().unwrap().clone();
+        if got.iter().any(|(path, body)| {
+            path == "/v1/traces" && body.contains(trace_id) && body.contains("report ecs task exited")
+        }) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no span of the report in the job's trace exported after the invocation: {got:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     child.kill().await.unwrap();
 }

@@ -35,7 +35,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{consumer, kv};
 use jetrun_core::JobRecord;
-use jetrun_host::{ConsumerHost, HandlerError, HostConfig, Incoming};
+use jetrun_core::schema::types;
+use jetrun_host::{ConsumerHost, Decode, Event, HandlerError, HostConfig, Subscription};
 use jetrun_nats::store::StateChange;
 use jetrun_route::Rules;
 use jetrun_route::rules::{Reply, ReplyTarget};
@@ -129,51 +130,58 @@ struct Shared {
     public_url: String,
 }
 
-/// Decodes one job state change (the typed body of `dev.jetrun.job.state_changed.v1`).
-fn decode_change(payload: &[u8]) -> Result<StateChange, HandlerError> {
-    serde_json::from_slice(payload).map_err(|e| {
-        HandlerError::permanent(
-            "invalid_state_change",
-            format!("state change does not decode: {e}"),
-        )
-    })
+/// What a webhook must be before [`on_webhook`] sees it: a `dev.jetrun.webhook.github.v1`
+/// CloudEvent (its id is the delivery) whose body matches that schema. One that is not is
+/// acknowledged unhandled, not dead-lettered: route reads the same messages and
+/// dead-letters them, and one bad delivery makes one dead letter.
+pub const WEBHOOK: Decode = Decode::event(types::GITHUB_WEBHOOK).ack_invalid();
+
+/// What a job state change must be before [`on_job_event`] sees it: a body that decodes
+/// as a [`StateChange`] (as settle's callbacks); one that does not is dead-lettered by the
+/// host as `schema`, with the reason.
+pub const STATE_CHANGE: Decode = Decode::body();
+
+/// The two durable consumers `github` (webhooks) and `github-jobs` (job events):
+/// `jetrun init` creates them, so the function itself can run as a user that may not.
+pub fn subscriptions(names: &jetrun_core::Names) -> Vec<Subscription> {
+    vec![webhook_subscription(names), jobs_subscription(names)]
 }
 
-/// The two durable consumers `github` (webhooks) and `github-jobs` (job events), as
-/// `(stream, config)`: `jetrun init` creates them, so the function itself can run as a
-/// user that may not.
-pub fn consumer_configs(names: &jetrun_core::Names) -> [(String, consumer::pull::Config); 2] {
-    let mk = |name: &str, filter: String, desc: &str| consumer::pull::Config {
-        durable_name: Some(name.into()),
-        description: Some(desc.into()),
-        filter_subject: filter,
-        ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait: Duration::from_secs(60),
-        max_deliver: 20,
-        // Explicit: the server's default (1000) would otherwise read as a difference on
-        // every start and make a least-privilege run try an update it may not do.
-        max_ack_pending: 1000,
-        deliver_policy: consumer::DeliverPolicy::New,
-        ..Default::default()
-    };
-    [
-        (
-            names.stream_webhooks(),
-            mk(
-                WEBHOOK_CONSUMER,
-                names.webhook_all(),
-                "github: refusals of commands",
-            ),
-        ),
-        (
-            names.stream_job_events(),
-            mk(
-                JOBS_CONSUMER,
-                names.job_event_all(),
-                "github: acknowledgements and answers",
-            ),
-        ),
-    ]
+fn webhook_subscription(names: &jetrun_core::Names) -> Subscription {
+    subscription(
+        names.stream_webhooks(),
+        WEBHOOK_CONSUMER,
+        names.webhook_all(),
+        "github: refusals of commands",
+    )
+}
+
+fn jobs_subscription(names: &jetrun_core::Names) -> Subscription {
+    subscription(
+        names.stream_job_events(),
+        JOBS_CONSUMER,
+        names.job_event_all(),
+        "github: acknowledgements and answers",
+    )
+}
+
+fn subscription(stream: String, name: &str, filter: String, description: &str) -> Subscription {
+    Subscription {
+        stream,
+        consumer: consumer::pull::Config {
+            durable_name: Some(name.into()),
+            description: Some(description.into()),
+            filter_subject: filter,
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(60),
+            max_deliver: 20,
+            // Explicit: the server's default (1000) would otherwise read as a difference
+            // on every start and make a least-privilege run try an update it may not do.
+            max_ack_pending: 1000,
+            deliver_policy: consumer::DeliverPolicy::New,
+            ..Default::default()
+        },
+    }
 }
 
 /// The claims bucket's configuration (one claim per answer posted), as `jetrun init`
@@ -259,38 +267,32 @@ pub async fn run(
             "consumer {consumer} is missing ({e}): run `jetrun init` as the operator"
         ))
     };
-    let hooks = ConsumerHost::bind(
-        &ctx.js,
-        &names,
-        &names.stream_webhooks(),
-        WEBHOOK_CONSUMER,
-        host_cfg("github"),
-    )
-    .await
-    .map_err(|e| missing(WEBHOOK_CONSUMER, e))?;
-    let jobs = ConsumerHost::bind(
-        &ctx.js,
-        &names,
-        &names.stream_job_events(),
-        JOBS_CONSUMER,
-        host_cfg("github-jobs"),
-    )
-    .await
-    .map_err(|e| missing(JOBS_CONSUMER, e))?;
+    // Bound as they are, never created or updated: this function's credential may not.
+    let bind = |sub: Subscription, origin: &'static str| {
+        let (js, names) = (&ctx.js, &names);
+        let cfg = host_cfg(origin);
+        async move {
+            ConsumerHost::bind(js, names, &sub.stream, sub.name(), cfg)
+                .await
+                .map_err(|e| missing(sub.name(), e))
+        }
+    };
+    let hooks = bind(webhook_subscription(&names), "github").await?;
+    let jobs = bind(jobs_subscription(&names), "github-jobs").await?;
     info!(api = %config.api_url, rules = shared.rules.rules.len(), "github function answering");
     let (s1, s2) = (shared.clone(), shared);
     let a = hooks.run(
-        move |msg: Incoming| {
+        jetrun_host::typed(WEBHOOK, move |ev: Event<Value>| {
             let s = s1.clone();
-            async move { on_webhook(&s, msg).await }
-        },
+            async move { on_webhook(&s, ev).await }
+        }),
         shutdown.clone(),
     );
     let b = jobs.run(
-        move |msg: Incoming| {
+        jetrun_host::typed(STATE_CHANGE, move |ev: Event<StateChange>| {
             let s = s2.clone();
-            async move { on_job_event(&s, msg).await }
-        },
+            async move { on_job_event(&s, ev.event).await }
+        }),
         shutdown,
     );
     let (ra, rb) = tokio::join!(a, b);
@@ -303,16 +305,15 @@ fn transient(e: impl std::fmt::Display) -> HandlerError {
     HandlerError::retry(e.to_string(), Duration::from_secs(2))
 }
 
-/// A webhook: answer the refusals of rules with a reply.
-async fn on_webhook(s: &Shared, msg: Incoming) -> Result<(), HandlerError> {
+/// A webhook ([`WEBHOOK`]): answer the refusals of rules with a reply.
+async fn on_webhook(s: &Shared, ev: Event<Value>) -> Result<(), HandlerError> {
+    let (payload, msg) = (ev.event, ev.msg);
     let prefix = format!("{}.webhook.github.", s.names.prefix());
     let Some(event) = msg.subject.strip_prefix(&prefix).map(str::to_string) else {
         return Ok(());
     };
+    // Always a valid envelope here ([`WEBHOOK`] requires its type).
     let Ok(env) = msg.envelope.as_ref() else {
-        return Ok(()); // route dead-letters it
-    };
-    let Ok(payload) = serde_json::from_slice::<Value>(&msg.payload) else {
         return Ok(());
     };
     let delivery = env.id.clone();
@@ -363,9 +364,8 @@ async fn limit_refusal(s: &Shared, rule: &str, delivery: &str) -> Result<Option<
     }
 }
 
-/// A job state change: acknowledge at admission, answer at the end.
-async fn on_job_event(s: &Shared, msg: Incoming) -> Result<(), HandlerError> {
-    let change = decode_change(&msg.payload)?;
+/// A job state change ([`STATE_CHANGE`]): acknowledge at admission, answer at the end.
+async fn on_job_event(s: &Shared, change: StateChange) -> Result<(), HandlerError> {
     let rec = &change.record;
     let labels = &rec.spec.labels;
     if labels.get(jetrun_route::REPLY_LABEL).map(String::as_str) != Some("github") {

@@ -111,7 +111,7 @@ async fn bench(observability: bool) {
         ..Credentials::default()
     };
     let shutdown = CancellationToken::new();
-    if observability {
+    if observability && obs::metrics_on() {
         // `--metrics-listen` as a deployment runs it, scraped every second over HTTP.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/metrics", listener.local_addr().unwrap());

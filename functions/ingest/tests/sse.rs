@@ -331,8 +331,7 @@ struct Deployment {
     /// The operator's store (the ingest user may not write records).
     store: jetrun_nats::JobStore,
     shutdown: tokio_util::sync::CancellationToken,
-    dir: tempfile::TempDir,
-    _server: jetrun_harness::ServerProcess,
+    nats: jetrun_harness::ShippedNats,
 }
 
 impl Drop for Deployment {
@@ -342,47 +341,8 @@ impl Drop for Deployment {
 }
 
 async fn deployment() -> Deployment {
-    use jetrun_harness::{ServerOptions, ServerProcess, free_port};
-    let dir = tempfile::tempdir().unwrap();
-    let infra = concat!(env!("CARGO_MANIFEST_DIR"), "/../../infra/nats");
-    let mut accounts = std::fs::read_to_string(format!("{infra}/accounts.conf")).unwrap();
-    for u in [
-        "ingest",
-        "route",
-        "worker",
-        "autoscale",
-        "bridge",
-        "github",
-        "operator",
-    ] {
-        accounts = accounts.replace(
-            &format!("$JETRUN_{}_PASSWORD", u.to_uppercase()),
-            &format!("\"{u}-password\""),
-        );
-    }
-    std::fs::write(dir.path().join("accounts.conf"), accounts).unwrap();
-    let conf = dir.path().join("jetrun.conf");
-    std::fs::write(&conf, "jetstream: {}\ninclude ./accounts.conf\n").unwrap();
-    let server = ServerProcess::spawn(ServerOptions {
-        addr: std::net::SocketAddr::from(([127, 0, 0, 1], free_port().unwrap())),
-        store_dir: dir.path().join("js"),
-        name: "sse-perm".into(),
-        cluster: None,
-        log_file: dir.path().join("nats.log"),
-        extra_args: vec!["-c".into(), conf.display().to_string()],
-    })
-    .unwrap();
-    let connect = |u: &'static str| {
-        let url = server.url();
-        async move {
-            async_nats::ConnectOptions::new()
-                .user_and_password(u.into(), format!("{u}-password"))
-                .connect(url)
-                .await
-                .unwrap()
-        }
-    };
-    let operator = connect("operator").await;
+    let nats = jetrun_harness::ShippedNats::start().unwrap();
+    let operator = nats.client("operator").await;
     let names = jetrun_core::Names::default();
     jetrun_nats::Topology::new(names.clone())
         .apply(&async_nats::jetstream::new(operator.clone()))
@@ -390,7 +350,7 @@ async fn deployment() -> Deployment {
         .unwrap();
     let js = async_nats::jetstream::new(operator.clone());
     let store = jetrun_nats::JobStore::open(&js, &names, "/test").await.unwrap();
-    let ctx = jetrun_host::Context::from_client(connect("ingest").await, names)
+    let ctx = jetrun_host::Context::from_client(nats.client("ingest").await, names)
         .await
         .unwrap();
     let ingest = jetrun_ingest::Ingest::new(ctx, config(), creds(&tokens()))
@@ -408,18 +368,12 @@ async fn deployment() -> Deployment {
         base,
         store,
         shutdown,
-        dir,
-        _server: server,
+        nats,
     }
 }
 
 fn violations(d: &Deployment) -> Vec<String> {
-    std::fs::read_to_string(d.dir.path().join("nats.log"))
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains("Violation"))
-        .map(str::to_string)
-        .collect()
+    d.nats.violations()
 }
 
 #[tokio::test]

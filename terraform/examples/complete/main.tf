@@ -37,12 +37,17 @@ locals {
   # job attempt is one task in the job cluster, in the private subnets, with the job
   # security group (the offline one for jobs without `network`).
   worker_ecs_config = jsonencode({
-    cluster                 = module.job_tasks.cluster_name
-    region                  = var.region
-    deployment              = var.name
-    task_definition         = module.job_tasks.default_task_definition_family
-    queues                  = var.job_task_definitions
-    capacity_providers      = var.job_fargate_spot_weight > 0 ? [{ name = "FARGATE_SPOT", weight = var.job_fargate_spot_weight }, { name = "FARGATE", weight = 1, base = 1 }] : [{ name = "FARGATE", weight = 1 }]
+    cluster         = module.job_tasks.cluster_name
+    region          = var.region
+    deployment      = var.name
+    task_definition = module.job_tasks.default_task_definition_family
+    queues          = var.job_task_definitions
+    # Built without `cond ? [a, b] : [c]`: Terraform unifies such tuples into a list of
+    # string maps, and the runner refuses "weight": "1" (it wants numbers).
+    capacity_providers = concat(
+      [for w in [var.job_fargate_spot_weight] : { name = "FARGATE_SPOT", weight = w, base = 0 } if w > 0],
+      [{ name = "FARGATE", weight = 1, base = var.job_fargate_spot_weight > 0 ? 1 : 0 }],
+    )
     subnets                 = var.private_subnet_ids
     security_groups         = [module.job_tasks.security_group_id]
     offline_security_groups = [module.job_tasks.offline_security_group_id]
@@ -194,7 +199,11 @@ module "route" {
   subnet_ids         = var.private_subnet_ids
   security_group_ids = [aws_security_group.functions.id]
   log_retention_days = var.log_retention_days
-  tags               = local.tags
+  # Tracing: the OpenTelemetry collector sidecar (otel_collector_image) and the sampler.
+  otel_collector_image    = var.otel_collector_image
+  otel_traces_sampler     = var.otel_traces_sampler
+  otel_traces_sampler_arg = var.otel_traces_sampler_arg
+  tags                    = local.tags
 }
 
 # ---- worker: dispatch + node agent + settle -----------------------------------------------
@@ -224,7 +233,11 @@ module "worker" {
     run-job-tasks = module.job_tasks.worker_policy_json
   }
   log_retention_days = var.log_retention_days
-  tags               = local.tags
+  # Tracing: the OpenTelemetry collector sidecar (otel_collector_image) and the sampler.
+  otel_collector_image    = var.otel_collector_image
+  otel_traces_sampler     = var.otel_traces_sampler
+  otel_traces_sampler_arg = var.otel_traces_sampler_arg
+  tags                    = local.tags
 }
 
 # ---- autoscale: queue depth to replicas ---------------------------------------------------
@@ -251,7 +264,11 @@ module "autoscale" {
     scale-services = data.aws_iam_policy_document.autoscale.json
   }
   log_retention_days = var.log_retention_days
-  tags               = local.tags
+  # Tracing: the OpenTelemetry collector sidecar (otel_collector_image) and the sampler.
+  otel_collector_image    = var.otel_collector_image
+  otel_traces_sampler     = var.otel_traces_sampler
+  otel_traces_sampler_arg = var.otel_traces_sampler_arg
+  tags                    = local.tags
 }
 
 # Any service of the services cluster that a scale spec names (e.g. the workers), nothing
@@ -282,7 +299,11 @@ module "ingest" {
   subnet_ids         = var.private_subnet_ids
   security_group_ids = [aws_security_group.functions.id]
   log_retention_days = var.log_retention_days
-  tags               = local.tags
+  # Tracing: the collector extension in the image (lambda_otel_collector) and the sampler.
+  otel_collector_extension = var.lambda_otel_collector
+  otel_traces_sampler      = var.otel_traces_sampler
+  otel_traces_sampler_arg  = var.otel_traces_sampler_arg
+  tags                     = local.tags
 }
 
 # ---- The task-state bridge: ECS task state changes into NATS ------------------------------
@@ -303,7 +324,11 @@ module "ecs_bridge" {
   subnet_ids           = var.private_subnet_ids
   security_group_ids   = [aws_security_group.functions.id]
   log_retention_days   = var.log_retention_days
-  tags                 = local.tags
+  # Tracing: the collector extension in the image (lambda_otel_collector) and the sampler.
+  otel_collector_extension = var.lambda_otel_collector
+  otel_traces_sampler      = var.otel_traces_sampler
+  otel_traces_sampler_arg  = var.otel_traces_sampler_arg
+  tags                     = local.tags
 }
 
 # ---- Dashboard and alarms ---------------------------------------------------------------
@@ -325,5 +350,9 @@ module "observability" {
   # jetrun's own metrics (EMF, local.metrics_env): dashboard widgets and alarms.
   jetrun_metrics                   = true
   queue_wait_p99_threshold_seconds = var.alarm_queue_wait_p99_seconds
-  tags                             = local.tags
+  # An alarm pair (wait p99, backlog age) per queue the worker serves, beside the aggregate.
+  queues                                    = var.queues
+  queue_wait_p99_threshold_seconds_by_queue = var.alarm_queue_wait_p99_seconds_by_queue
+  backlog_age_threshold_seconds_by_queue    = var.alarm_backlog_age_seconds_by_queue
+  tags                                      = local.tags
 }

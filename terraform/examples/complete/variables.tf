@@ -214,6 +214,42 @@ variable "alarm_queue_wait_p99_seconds" {
   default     = 300
 }
 
+variable "alarm_queue_wait_p99_seconds_by_queue" {
+  description = "Per-queue thresholds (seconds) of the per-queue submit-to-start p99 alarms, queue => seconds, e.g. { bisect = 1800 }; keys must be in queues. Queues not listed use alarm_queue_wait_p99_seconds."
+  type        = map(number)
+  default     = {}
+}
+
+variable "alarm_backlog_age_seconds_by_queue" {
+  description = "Per-queue thresholds (seconds) of the per-queue backlog-age alarms, queue => seconds; keys must be in queues. Queues not listed use the module's backlog_age_threshold_seconds (900)."
+  type        = map(number)
+  default     = {}
+}
+
+variable "otel_collector_image" {
+  description = "OpenTelemetry collector image run as a sidecar of route, worker and autoscale, e.g. public.ecr.aws/aws-observability/aws-otel-collector:v0.43.3 (ADOT: exports jetrun's spans to X-Ray). null: no sidecar, no spans exported from ECS."
+  type        = string
+  default     = null
+}
+
+variable "lambda_otel_collector" {
+  description = "The jetrun image holds the ADOT (or OpenTelemetry) collector Lambda extension under /opt (Lambda takes no layers on container-image functions; docs/operations.md shows how to add it): the ingest and bridge functions then export spans to it on localhost:4318. false: no spans exported from Lambda."
+  type        = bool
+  default     = false
+}
+
+variable "otel_traces_sampler" {
+  description = "OTEL_TRACES_SAMPLER of every jetrun service and function, e.g. parentbased_traceidratio. null: jetrun's default (parentbased_always_on)."
+  type        = string
+  default     = null
+}
+
+variable "otel_traces_sampler_arg" {
+  description = "OTEL_TRACES_SAMPLER_ARG: the ratio of the traceidratio samplers, e.g. 0.1. null: 1."
+  type        = number
+  default     = null
+}
+
 variable "log_retention_days" {
   description = "Days CloudWatch keeps the logs of every jetrun component."
   type        = number

@@ -11,6 +11,15 @@
 data "aws_partition" "current" {}
 
 locals {
+  # OTLP export (jetrun reads the standard OTEL_* variables): to the collector extension
+  # in the image, if there is one. Before var.environment, so the caller's values win.
+  otel_env = merge(
+    var.otel_collector_extension ? { OTEL_EXPORTER_OTLP_ENDPOINT = "http://localhost:4318" } : {},
+    var.otel_collector_config == null ? {} : { OPENTELEMETRY_COLLECTOR_CONFIG_URI = var.otel_collector_config },
+    var.otel_traces_sampler == null ? {} : { OTEL_TRACES_SAMPLER = var.otel_traces_sampler },
+    var.otel_traces_sampler_arg == null ? {} : { OTEL_TRACES_SAMPLER_ARG = tostring(var.otel_traces_sampler_arg) },
+  )
+
   environment = merge(
     {
       JETRUN_LOG_FORMAT     = "json"
@@ -20,6 +29,7 @@ locals {
       JETRUN_ECS_DEPLOYMENT = var.deployment
       JETRUN_ECS_CONTAINER  = var.job_container_name
     },
+    local.otel_env,
     var.environment,
   )
 

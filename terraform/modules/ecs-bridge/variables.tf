@@ -132,6 +132,40 @@ variable "log_kms_key_arn" {
   default     = null
 }
 
+variable "otel_collector_extension" {
+  description = "The function's image holds an OpenTelemetry collector Lambda extension that receives OTLP/HTTP on localhost:4318, e.g. the AWS Distro for OpenTelemetry collector (layer arn:aws:lambda:<region>:901920570463:layer:aws-otel-collector-<arm64|amd64>-ver-...; its default configuration exports to X-Ray). Container-image functions cannot take layers, so the layer's contents go into the image under /opt (extensions/collector and collector-config/); docs/operations.md shows how. true: OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318, unless environment sets it. false: no endpoint, jetrun exports no spans."
+  type        = bool
+  default     = false
+}
+
+variable "otel_collector_config" {
+  description = "Collector configuration for the extension (OPENTELEMETRY_COLLECTOR_CONFIG_URI), e.g. /opt/collector-config/custom.yaml baked into the image, or an s3:// or https:// URI the ADOT collector can fetch. null: the extension's default configuration (ADOT: OTLP in, X-Ray out)."
+  type        = string
+  default     = null
+}
+
+variable "otel_traces_sampler" {
+  description = "OTEL_TRACES_SAMPLER of jetrun: always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio (with otel_traces_sampler_arg, e.g. 0.1 to keep a tenth of the traces jetrun starts). null: jetrun's default, parentbased_always_on. environment wins if it sets the variable too."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.otel_traces_sampler == null || contains(["always_on", "always_off", "traceidratio", "parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio"], coalesce(var.otel_traces_sampler, "always_on"))
+    error_message = "otel_traces_sampler must be always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio."
+  }
+}
+
+variable "otel_traces_sampler_arg" {
+  description = "OTEL_TRACES_SAMPLER_ARG: the ratio (0 to 1) of the traceidratio samplers. null: 1 (keep every trace)."
+  type        = number
+  default     = null
+
+  validation {
+    condition     = var.otel_traces_sampler_arg == null || try(var.otel_traces_sampler_arg >= 0 && var.otel_traces_sampler_arg <= 1, false)
+    error_message = "otel_traces_sampler_arg must be a ratio between 0 and 1."
+  }
+}
+
 variable "tags" {
   description = "Tags added to every resource of the module."
   type        = map(string)

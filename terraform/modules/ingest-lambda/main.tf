@@ -14,8 +14,18 @@ locals {
     "GET /ready",
   ]
 
+  # OTLP export (jetrun reads the standard OTEL_* variables): to the collector extension
+  # in the image, if there is one. Before var.environment, so the caller's values win.
+  otel_env = merge(
+    var.otel_collector_extension ? { OTEL_EXPORTER_OTLP_ENDPOINT = "http://localhost:4318" } : {},
+    var.otel_collector_config == null ? {} : { OPENTELEMETRY_COLLECTOR_CONFIG_URI = var.otel_collector_config },
+    var.otel_traces_sampler == null ? {} : { OTEL_TRACES_SAMPLER = var.otel_traces_sampler },
+    var.otel_traces_sampler_arg == null ? {} : { OTEL_TRACES_SAMPLER_ARG = tostring(var.otel_traces_sampler_arg) },
+  )
+
   environment = merge(
     { JETRUN_LOG_FORMAT = "json" },
+    local.otel_env,
     var.environment,
     { JETRUN_NATS_URL = var.nats_url },
     { for name, version in data.aws_secretsmanager_secret_version.env : name => version.secret_string },
@@ -72,11 +82,12 @@ resource "aws_iam_role_policy_attachment" "vpc_access" {
 }
 
 # X-Ray: the Lambda service sends the invocation's segment; jetrun continues that trace
-# (_X_AMZN_TRACE_ID) and, with an OTLP endpoint set (e.g. the ADOT collector layer),
+# (_X_AMZN_TRACE_ID) and, with an OTLP endpoint set (e.g. the ADOT collector extension),
 # exports its own spans into it. PutTraceSegments and PutTelemetryRecords (and the
-# sampling-rule reads the SDKs and the ADOT collector make).
+# sampling-rule reads the SDKs and the ADOT collector make). The collector needs them
+# even with PassThrough tracing.
 resource "aws_iam_role_policy_attachment" "xray" {
-  count = var.tracing_mode == "Active" ? 1 : 0
+  count = var.tracing_mode == "Active" || var.otel_collector_extension ? 1 : 0
 
   role       = aws_iam_role.function.name
   policy_arn = "arn:${data.aws_partition.current.partition}:iam::aws:policy/AWSXRayDaemonWriteAccess"

@@ -27,13 +27,34 @@ locals {
   container_port_list  = var.container_port == null ? [] : [var.container_port]
   scratch_volume_names = [for i, path in var.writable_paths : "scratch-${i}"]
 
-  container = {
+  # The OpenTelemetry collector sidecar: jetrun exports spans (OTLP/HTTP) to it on
+  # localhost (one network namespace per task), it forwards them (ADOT's ecs-xray.yaml:
+  # to X-Ray). Before var.environment, so the caller's OTEL_* values win.
+  otel_sidecar        = var.otel_collector_image != null
+  otel_collector_name = "otel-collector"
+  otel_env = merge(
+    local.otel_sidecar ? { OTEL_EXPORTER_OTLP_ENDPOINT = "http://localhost:4318" } : {},
+    var.otel_traces_sampler == null ? {} : { OTEL_TRACES_SAMPLER = var.otel_traces_sampler },
+    var.otel_traces_sampler_arg == null ? {} : { OTEL_TRACES_SAMPLER_ARG = tostring(var.otel_traces_sampler_arg) },
+  )
+  environment = merge(local.otel_env, var.environment)
+
+  log_configuration = {
+    logDriver = "awslogs"
+    options = {
+      awslogs-group         = aws_cloudwatch_log_group.this.name
+      awslogs-region        = local.region
+      awslogs-stream-prefix = var.name
+    }
+  }
+
+  container_base = {
     name      = var.name
     image     = var.image
     essential = true
     command   = var.command
 
-    environment = [for key in sort(keys(var.environment)) : { name = key, value = var.environment[key] }]
+    environment = [for key in sort(keys(local.environment)) : { name = key, value = local.environment[key] }]
     secrets     = [for key in sort(keys(var.secrets)) : { name = key, valueFrom = var.secrets[key] }]
 
     portMappings = [for port in local.container_port_list : { containerPort = port, protocol = "tcp" }]
@@ -47,15 +68,28 @@ locals {
     # tini as PID 1: signals reach jetrun, zombies of process-runner tasks are reaped.
     linuxParameters = { initProcessEnabled = true }
 
-    logConfiguration = {
-      logDriver = "awslogs"
-      options = {
-        awslogs-group         = aws_cloudwatch_log_group.this.name
-        awslogs-region        = local.region
-        awslogs-stream-prefix = var.name
-      }
-    }
+    logConfiguration = local.log_configuration
   }
+  # With the sidecar, ECS starts the collector first and stops it last: the spans jetrun
+  # flushes when it drains on SIGTERM still have somewhere to go.
+  container = merge(
+    local.container_base,
+    { for k, v in { dependsOn = [{ containerName = local.otel_collector_name, condition = "START" }] } : k => v if local.otel_sidecar },
+  )
+
+  # Not essential: a collector that dies costs spans, never the service.
+  otel_collector = {
+    name                   = local.otel_collector_name
+    image                  = var.otel_collector_image
+    essential              = false
+    command                = var.otel_collector_command
+    environment            = [{ name = "AWS_REGION", value = local.region }]
+    readonlyRootFilesystem = true
+    logConfiguration       = local.log_configuration
+  }
+
+  # The collector container only with an image.
+  containers = concat([local.container], [for c in [local.otel_collector] : c if local.otel_sidecar])
 
   tags = merge(var.tags, { "jetrun:service" = var.name })
 }
@@ -179,6 +213,25 @@ resource "aws_iam_role_policy" "execute_command" {
   policy = data.aws_iam_policy_document.execute_command[0].json
 }
 
+# The collector sidecar's exporter (awsxray) writes to X-Ray with the task role. X-Ray has
+# no resource-level permissions for these two actions, hence "*".
+data "aws_iam_policy_document" "otel_collector" {
+  count = local.otel_sidecar ? 1 : 0
+
+  statement {
+    sid       = "CollectorWritesTraces"
+    actions   = ["xray:PutTraceSegments", "xray:PutTelemetryRecords"]
+    resources = ["*"]
+  }
+}
+
+resource "aws_iam_role_policy" "otel_collector" {
+  count  = local.otel_sidecar ? 1 : 0
+  name   = "otel-collector-xray"
+  role   = aws_iam_role.task.id
+  policy = data.aws_iam_policy_document.otel_collector[0].json
+}
+
 # ---- Task definition and service --------------------------------------------------------
 
 resource "aws_ecs_task_definition" "this" {
@@ -206,7 +259,7 @@ resource "aws_ecs_task_definition" "this" {
     }
   }
 
-  container_definitions = jsonencode([local.container])
+  container_definitions = jsonencode(local.containers)
 
   tags = local.tags
 }

@@ -225,6 +225,40 @@ variable "log_kms_key_arn" {
   default     = null
 }
 
+variable "otel_collector_image" {
+  description = "Image of an OpenTelemetry collector to run beside jetrun in each task, e.g. public.ecr.aws/aws-observability/aws-otel-collector:v0.43.3 (the AWS Distro for OpenTelemetry collector; pin a version). Set: the task gets that sidecar (not essential: if it dies the service keeps running, without spans), jetrun gets OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 (unless environment sets it) and the task role may write to X-Ray (xray:PutTraceSegments, xray:PutTelemetryRecords). null: no sidecar, and jetrun exports no spans unless environment names an endpoint."
+  type        = string
+  default     = null
+}
+
+variable "otel_collector_command" {
+  description = "Arguments of the collector sidecar. The default picks the ADOT image's built-in configuration that receives OTLP on 4317/4318 and exports traces to X-Ray; another collector or configuration (e.g. --config=env:OTEL_CONFIG, or an s3:// URI) goes here."
+  type        = list(string)
+  default     = ["--config=/etc/ecs/ecs-xray.yaml"]
+}
+
+variable "otel_traces_sampler" {
+  description = "OTEL_TRACES_SAMPLER of jetrun: always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio (with otel_traces_sampler_arg, e.g. 0.1 to keep a tenth of the traces jetrun starts). null: jetrun's default, parentbased_always_on. environment wins if it sets the variable too."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.otel_traces_sampler == null || contains(["always_on", "always_off", "traceidratio", "parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio"], coalesce(var.otel_traces_sampler, "always_on"))
+    error_message = "otel_traces_sampler must be always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off or parentbased_traceidratio."
+  }
+}
+
+variable "otel_traces_sampler_arg" {
+  description = "OTEL_TRACES_SAMPLER_ARG: the ratio (0 to 1) of the traceidratio samplers. null: 1 (keep every trace)."
+  type        = number
+  default     = null
+
+  validation {
+    condition     = var.otel_traces_sampler_arg == null || try(var.otel_traces_sampler_arg >= 0 && var.otel_traces_sampler_arg <= 1, false)
+    error_message = "otel_traces_sampler_arg must be a ratio between 0 and 1."
+  }
+}
+
 variable "tags" {
   description = "Tags added to every resource of the module (and propagated to the tasks)."
   type        = map(string)

@@ -136,7 +136,7 @@ resource "aws_cloudwatch_metric_alarm" "queue_wait_p99" {
   count = var.jetrun_metrics ? 1 : 0
 
   alarm_name          = "${var.name}-queue-wait-p99"
-  alarm_description   = "p99 of submit-to-start over every queue above ${var.queue_wait_p99_threshold_seconds} s for ${var.evaluation_periods} periods: jobs wait for a worker (too few replicas, a stuck dispatcher or launch failures)."
+  alarm_description   = "p99 of submit-to-start over every queue above ${var.queue_wait_p99_threshold_seconds} s for ${var.evaluation_periods} periods: jobs wait for a worker (too few replicas, a stuck dispatcher or launch failures). `jetrun top` shows which queue; docs/operations.md (Alarms on AWS) says what to do."
   namespace           = local.jetrun_namespace
   metric_name         = local.jetrun_metrics.queue_wait_all.name
   dimensions          = {}
@@ -149,13 +149,25 @@ resource "aws_cloudwatch_metric_alarm" "queue_wait_p99" {
   alarm_actions       = [local.topic_arn]
   ok_actions          = [local.topic_arn]
   tags                = local.tags
+
+  lifecycle {
+    # An override for a queue without alarms would silently do nothing.
+    precondition {
+      condition     = alltrue([for q in keys(var.queue_wait_p99_threshold_seconds_by_queue) : contains(var.queues, q)])
+      error_message = "queue_wait_p99_threshold_seconds_by_queue names queues that are not in queues."
+    }
+    precondition {
+      condition     = alltrue([for q in keys(var.backlog_age_threshold_seconds_by_queue) : contains(var.queues, q)])
+      error_message = "backlog_age_threshold_seconds_by_queue names queues that are not in queues."
+    }
+  }
 }
 
 resource "aws_cloudwatch_metric_alarm" "backlog_age" {
   count = var.jetrun_metrics ? 1 : 0
 
   alarm_name          = "${var.name}-backlog-age"
-  alarm_description   = "The oldest submission still waiting in a queue is older than ${var.backlog_age_threshold_seconds} s: no worker takes from that queue (see `jetrun top`)."
+  alarm_description   = "The oldest submission still waiting in a queue is older than ${var.backlog_age_threshold_seconds} s: no worker takes from that queue. `jetrun top` shows which queue; docs/operations.md (Alarms on AWS) says what to do."
   namespace           = local.jetrun_namespace
   metric_name         = local.jetrun_metrics.queue_oldest_age_all.name
   dimensions          = {}
@@ -163,6 +175,47 @@ resource "aws_cloudwatch_metric_alarm" "backlog_age" {
   period              = var.period_seconds
   evaluation_periods  = var.evaluation_periods
   threshold           = var.backlog_age_threshold_seconds
+  comparison_operator = "GreaterThanThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = [local.topic_arn]
+  ok_actions          = [local.topic_arn]
+  tags                = local.tags
+}
+
+# The same two per listed queue (var.queues): the alarm names the queue, and a busy queue
+# cannot hide a stuck one in the aggregate. Queues not listed stay under the aggregate ones.
+
+resource "aws_cloudwatch_metric_alarm" "queue_wait_p99_per_queue" {
+  for_each = var.jetrun_metrics ? toset(var.queues) : toset([])
+
+  alarm_name          = "${var.name}-queue-wait-p99-${each.value}"
+  alarm_description   = "p99 of submit-to-start in queue ${each.value} above ${lookup(var.queue_wait_p99_threshold_seconds_by_queue, each.value, var.queue_wait_p99_threshold_seconds)} s for ${var.evaluation_periods} periods: its jobs wait for a worker. `jetrun top` (queue ${each.value}: pending, oldest, launch failures) and `jetrun scale show`: add workers or raise the scale spec's maximum; if workers are idle, check `jetrun nodes` and the dispatcher. docs/operations.md, Alarms on AWS."
+  namespace           = local.jetrun_namespace
+  metric_name         = local.jetrun_metrics.queue_wait.name
+  dimensions          = { queue = each.value }
+  extended_statistic  = "p99"
+  period              = var.period_seconds
+  evaluation_periods  = var.evaluation_periods
+  threshold           = lookup(var.queue_wait_p99_threshold_seconds_by_queue, each.value, var.queue_wait_p99_threshold_seconds)
+  comparison_operator = "GreaterThanThreshold"
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = [local.topic_arn]
+  ok_actions          = [local.topic_arn]
+  tags                = local.tags
+}
+
+resource "aws_cloudwatch_metric_alarm" "backlog_age_per_queue" {
+  for_each = var.jetrun_metrics ? toset(var.queues) : toset([])
+
+  alarm_name          = "${var.name}-backlog-age-${each.value}"
+  alarm_description   = "The oldest submission waiting in queue ${each.value} is older than ${lookup(var.backlog_age_threshold_seconds_by_queue, each.value, var.backlog_age_threshold_seconds)} s: no worker takes from it (workers down or at their maximum, or none serves ${each.value}: JETRUN_QUEUES). `jetrun top` and `jetrun nodes` show who serves it; `jetrun scale show` the limits. docs/operations.md, Alarms on AWS."
+  namespace           = local.jetrun_namespace
+  metric_name         = local.jetrun_metrics.queue_oldest_age.name
+  dimensions          = { queue = each.value }
+  statistic           = "Maximum"
+  period              = var.period_seconds
+  evaluation_periods  = var.evaluation_periods
+  threshold           = lookup(var.backlog_age_threshold_seconds_by_queue, each.value, var.backlog_age_threshold_seconds)
   comparison_operator = "GreaterThanThreshold"
   treat_missing_data  = "notBreaching"
   alarm_actions       = [local.topic_arn]

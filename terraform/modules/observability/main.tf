@@ -262,12 +262,16 @@ resource "aws_cloudwatch_metric_alarm" "nats_status_check" {
 
 resource "aws_cloudwatch_dashboard" "this" {
   dashboard_name = var.name
+  # The placeholder through a filter, not `cond ? [...] : [...]`: tuples of different
+  # lengths are inconsistent conditional results, and plan would fail.
   dashboard_body = jsonencode({
-    widgets = length(concat(local.jetrun_widgets, local.widgets)) > 0 ? concat(local.jetrun_widgets, local.widgets) : [{
-      type       = "text"
-      width      = 24
-      height     = 2
-      properties = { markdown = "No jetrun resources were given to the observability module." }
-    }]
+    widgets = concat(local.jetrun_widgets, local.widgets, [
+      for w in [{
+        type       = "text"
+        width      = 24
+        height     = 2
+        properties = { markdown = "No jetrun resources were given to the observability module." }
+      }] : w if length(local.jetrun_widgets) + length(local.widgets) == 0
+    ])
   })
 }

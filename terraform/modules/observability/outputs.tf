@@ -16,6 +16,8 @@ output "alarm_names" {
     [for alarm in aws_cloudwatch_metric_alarm.http_api_5xx : alarm.alarm_name],
     [for alarm in aws_cloudwatch_metric_alarm.alb_5xx : alarm.alarm_name],
     [for alarm in aws_cloudwatch_metric_alarm.nats_status_check : alarm.alarm_name],
+    [for alarm in aws_cloudwatch_metric_alarm.queue_wait_p99_per_queue : alarm.alarm_name],
+    [for alarm in aws_cloudwatch_metric_alarm.backlog_age_per_queue : alarm.alarm_name],
     [for alarm in concat(
       aws_cloudwatch_metric_alarm.dead_letters,
       aws_cloudwatch_metric_alarm.queue_wait_p99,

@@ -126,7 +126,7 @@ variable "jetrun_metrics" {
 }
 
 variable "queue_wait_p99_threshold_seconds" {
-  description = "p99 of submit-to-start (seconds, over every queue) above which the queue-wait alarm fires."
+  description = "p99 of submit-to-start (seconds) above which the queue-wait alarms fire: the all-queue one, and each per-queue one (queues) without an entry in queue_wait_p99_threshold_seconds_by_queue."
   type        = number
   default     = 300
 
@@ -136,8 +136,41 @@ variable "queue_wait_p99_threshold_seconds" {
   }
 }
 
+variable "queues" {
+  description = "Queues with alarms of their own: for each, a submit-to-start p99 alarm and a backlog-age alarm on that queue alone (dimension queue = <name>), so one slow queue is named in the alarm instead of being hidden in (or missing from) the all-queue aggregate. Queues not listed are still covered by the aggregate alarms. e.g. [\"default\", \"bisect\"] (the worker's JETRUN_QUEUES)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for q in var.queues : can(regex("^[A-Za-z0-9_-]{1,64}$", q))])
+    error_message = "queues must hold queue names of 1-64 letters, digits, '-' and '_'."
+  }
+}
+
+variable "queue_wait_p99_threshold_seconds_by_queue" {
+  description = "Per-queue override of queue_wait_p99_threshold_seconds for the per-queue alarms: queue => seconds, e.g. { bisect = 1800 }. Every key must be in queues; queues without an entry use queue_wait_p99_threshold_seconds."
+  type        = map(number)
+  default     = {}
+
+  validation {
+    condition     = alltrue([for t in values(var.queue_wait_p99_threshold_seconds_by_queue) : t > 0])
+    error_message = "every queue_wait_p99_threshold_seconds_by_queue value must be positive."
+  }
+}
+
+variable "backlog_age_threshold_seconds_by_queue" {
+  description = "Per-queue override of backlog_age_threshold_seconds for the per-queue alarms: queue => seconds, e.g. { bisect = 3600 }. Every key must be in queues; queues without an entry use backlog_age_threshold_seconds."
+  type        = map(number)
+  default     = {}
+
+  validation {
+    condition     = alltrue([for t in values(var.backlog_age_threshold_seconds_by_queue) : t > 0])
+    error_message = "every backlog_age_threshold_seconds_by_queue value must be positive."
+  }
+}
+
 variable "backlog_age_threshold_seconds" {
-  description = "Age (seconds) of the oldest submission still waiting in any queue above which the backlog alarm fires."
+  description = "Age (seconds) of the oldest submission still waiting above which the backlog alarms fire: the all-queue one, and each per-queue one (queues) without an entry in backlog_age_threshold_seconds_by_queue."
   type        = number
   default     = 900
 

@@ -5,7 +5,8 @@
 //! the running jobs (oldest first) with their node; replicas desired against current per
 //! scalable service; recent failures and dead letters; live nodes. Keys: `q`/Esc/Ctrl-C
 //! quit, Tab/Shift-Tab move between panes, Up/Down (`j`/`k`) select, Enter shows the
-//! selected row, `p` pauses. It draws with plain terminal sequences only (no mouse, no
+//! selected row, `p` pauses. The selection follows its item (job, queue, node, ...) from
+//! frame to frame, whatever rows come and go around it. It draws with plain terminal sequences only (no mouse, no
 //! images), so it works over SSH.
 //!
 //! Not a terminal, `--plain`, `--once` or `--json`: plain text frames ([`text::render`]),
@@ -195,6 +196,8 @@ async fn dashboard(ctx: &jetrun_host::Context, a: &Args, shutdown: &Cancellation
                 match snapshot(ctx, a.limits(), Some((&current.0, current.1))).await {
                     Ok(f) => {
                         hist.push(&f);
+                        // Rows move between frames; the selection stays on its item.
+                        st.follow(&current.0, &f);
                         current = (f, Instant::now());
                         st.error = None;
                     }

@@ -335,3 +335,229 @@ fn the_plain_frame_keeps_its_columns() {
     assert!(text.contains("builders"), "{text}");
     assert!(!text.contains('\x1b'));
 }
+
+const JOB_C: &str = "01990000-0000-7000-8000-00000000000c";
+
+fn key(c: KeyCode) -> KeyEvent {
+    KeyEvent::new(c, KeyModifiers::NONE)
+}
+
+/// A running job of `builds` on `node-alpha`, started `age_seconds` ago.
+fn running(id: &str, age_seconds: f64) -> RunningJob {
+    let mut j = frame(0).running_jobs[0].clone();
+    j.job_id = id.into();
+    j.age_seconds = age_seconds;
+    j
+}
+
+/// The ids of the rows marked as selected (`> `) on screen.
+fn marked(rows: &[String], ids: &[&str]) -> Vec<String> {
+    ids.iter()
+        .filter(|id| rows.iter().any(|r| r.contains(&format!("> {id}"))))
+        .map(|id| id.to_string())
+        .collect()
+}
+
+#[test]
+fn the_selected_job_stays_selected_when_an_older_job_is_listed_before_it() {
+    let old = frame(1);
+    let hist = History::new(10);
+    let mut st = ViewState::default();
+    st.key(key(KeyCode::Tab), &old);
+    st.key(key(KeyCode::Char('j')), &old);
+    assert_eq!(st.selection(Pane::Jobs, &old), Some(1));
+    let ids = [JOB_A, JOB_B, JOB_C];
+    assert_eq!(marked(&screen(&old, &hist, &st), &ids), [JOB_B]);
+
+    // A job older than both (a retry's earlier start, a clock behind) now comes first:
+    // the row index of JOB_B changes from 1 to 2.
+    let mut new = frame(1);
+    new.running_jobs.insert(0, running(JOB_C, 900.0));
+    st.follow(&old, &new);
+    assert_eq!(st.selection(Pane::Jobs, &new), Some(2));
+    let rows = screen(&new, &hist, &st);
+    assert_eq!(marked(&rows, &ids), [JOB_B], "{}", rows.join("\n"));
+    assert_eq!(st.notice, None);
+
+    // Enter opens the job that is highlighted.
+    st.key(key(KeyCode::Enter), &new);
+    let all = screen(&new, &hist, &st).join("\n");
+    assert!(all.contains(&format!("job        {JOB_B}")), "{all}");
+    assert!(all.contains("node       node-beta"), "{all}");
+
+    // Open details follow their job too.
+    let mut newer = new.clone();
+    newer.running_jobs.remove(0);
+    st.follow(&new, &newer);
+    assert!(st.detail);
+    let all = screen(&newer, &hist, &st).join("\n");
+    assert!(all.contains(&format!("job        {JOB_B}")), "{all}");
+}
+
+#[test]
+fn when_the_selected_job_finishes_the_row_in_its_place_is_selected_and_the_footer_says_so() {
+    let hist = History::new(10);
+    let ids = [JOB_A, JOB_B, JOB_C];
+    let mut old = frame(1);
+    old.running_jobs.push(running(JOB_C, 1.0));
+    let mut st = ViewState::default();
+    st.key(key(KeyCode::Tab), &old);
+    st.key(key(KeyCode::Down), &old);
+    assert_eq!(marked(&screen(&old, &hist, &st), &ids), [JOB_B]);
+
+    // JOB_B (the middle row) finishes: the same row, now JOB_C, is selected.
+    let mut new = old.clone();
+    new.running_jobs.retain(|j| j.job_id != JOB_B);
+    st.follow(&old, &new);
+    assert_eq!(st.selection(Pane::Jobs, &new), Some(1));
+    let rows = screen(&new, &hist, &st);
+    assert_eq!(marked(&rows, &ids), [JOB_C], "{}", rows.join("\n"));
+    let footer = rows.last().unwrap();
+    assert!(
+        footer.contains(&format!("job {JOB_B} is no longer listed")),
+        "{footer}"
+    );
+    // The next key clears the notice.
+    st.key(key(KeyCode::Char('k')), &new);
+    assert_eq!(st.notice, None);
+    assert!(
+        !screen(&new, &hist, &st)
+            .last()
+            .unwrap()
+            .contains("no longer listed")
+    );
+    assert_eq!(st.selection(Pane::Jobs, &new), Some(0));
+
+    // The last row finishes while its details are open: the selection clamps to the new
+    // last row and the details close instead of showing another job.
+    st.key(key(KeyCode::Down), &new);
+    st.key(key(KeyCode::Enter), &new);
+    assert!(st.detail);
+    let mut last = new.clone();
+    last.running_jobs.retain(|j| j.job_id != JOB_C);
+    st.follow(&new, &last);
+    assert_eq!(st.selection(Pane::Jobs, &last), Some(0));
+    assert!(!st.detail);
+    let rows = screen(&last, &hist, &st);
+    assert!(!rows.join("\n").contains("Details"));
+    assert_eq!(marked(&rows, &ids), [JOB_A]);
+    assert!(
+        rows.last()
+            .unwrap()
+            .contains(&format!("job {JOB_C} is no longer listed"))
+    );
+
+    // Nothing left: no selection, and Enter opens nothing.
+    let mut none = last.clone();
+    none.running_jobs.clear();
+    st.follow(&last, &none);
+    assert_eq!(st.selection(Pane::Jobs, &none), None);
+    st.key(key(KeyCode::Enter), &none);
+    assert!(!st.detail);
+}
+
+#[test]
+fn a_selected_dead_letter_stays_selected_when_new_failures_arrive_on_top() {
+    const NEWER: &str = "01990000-0000-7000-8000-0000000000fe";
+    let hist = History::new(10);
+    let old = frame(1);
+    let mut st = ViewState::default();
+    st.key(key(KeyCode::BackTab), &old);
+    st.key(key(KeyCode::BackTab), &old);
+    assert_eq!(st.pane, Pane::Failures);
+    st.key(key(KeyCode::Char('j')), &old);
+    assert!(row(&screen(&old, &hist, &st), "dead letter #77").contains("> "));
+
+    // A newer failure comes first and a newer dead letter before #77.
+    let mut new = frame(1);
+    let mut x = new.failures[0].clone();
+    x.job_id = NEWER.into();
+    new.failures.insert(0, x);
+    let mut d = new.recent_dead_letters[0].clone();
+    d.seq = 78;
+    new.recent_dead_letters.insert(0, d);
+    st.follow(&old, &new);
+    assert_eq!(st.selection(Pane::Failures, &new), Some(3));
+    let rows = screen(&new, &hist, &st);
+    assert!(
+        row(&rows, "dead letter #77").contains("> "),
+        "{}",
+        rows.join("\n")
+    );
+    assert!(!row(&rows, "dead letter #78").contains("> "));
+    assert_eq!(marked(&rows, &[NEWER, FAILED]), Vec::<String>::new());
+    st.key(key(KeyCode::Enter), &new);
+    let all = screen(&new, &hist, &st).join("\n");
+    assert!(all.contains("dead letter #77 (jetrun dlq show 77)"), "{all}");
+
+    // The failure row is followed by its job id, from below a dead letter's rows too.
+    st.key(key(KeyCode::Esc), &new);
+    st.key(key(KeyCode::Up), &new);
+    st.key(key(KeyCode::Up), &new);
+    assert_eq!(marked(&screen(&new, &hist, &st), &[NEWER, FAILED]), [FAILED]);
+    let mut newest = new.clone();
+    newest.failures.remove(0);
+    st.follow(&new, &newest);
+    assert_eq!(st.selection(Pane::Failures, &newest), Some(0));
+    assert_eq!(marked(&screen(&newest, &hist, &st), &[NEWER, FAILED]), [FAILED]);
+}
+
+#[test]
+fn queues_and_nodes_are_followed_by_name_in_every_pane_not_only_the_focused_one() {
+    let hist = History::new(10);
+    let old = frame(1);
+    let mut st = ViewState::default();
+    // The `idle` queue (row 1), then node-beta (row 1), then JOB_B (row 1), and focus
+    // back on the queues.
+    st.key(key(KeyCode::Down), &old);
+    st.key(key(KeyCode::BackTab), &old);
+    st.key(key(KeyCode::Down), &old);
+    st.key(key(KeyCode::Tab), &old);
+    st.key(key(KeyCode::Tab), &old);
+    st.key(key(KeyCode::Down), &old);
+    st.key(key(KeyCode::BackTab), &old);
+    assert_eq!(st.pane, Pane::Queues);
+    let all = screen(&old, &hist, &st).join("\n");
+    assert!(all.contains("Depth of idle"), "{all}");
+
+    // A queue and a node that sort first, and an older job.
+    let mut new = frame(1);
+    let mut q = new.queues[1].clone();
+    q.queue = "alpha".into();
+    new.queues.insert(0, q);
+    let mut n = new.nodes[0].clone();
+    n.node_id = "node-aaa".into();
+    new.nodes.insert(0, n);
+    new.running_jobs.insert(0, running(JOB_C, 900.0));
+    st.follow(&old, &new);
+    assert_eq!(st.selection(Pane::Queues, &new), Some(2));
+    assert_eq!(st.selection(Pane::Nodes, &new), Some(2));
+    assert_eq!(st.selection(Pane::Jobs, &new), Some(2));
+    let rows = screen(&new, &hist, &st);
+    assert!(rows.iter().any(|r| r.contains("> idle")), "{}", rows.join("\n"));
+    assert!(rows.join("\n").contains("Depth of idle"));
+    // The depth pane keeps showing the selected queue while another pane has focus.
+    st.key(key(KeyCode::BackTab), &new);
+    let rows = screen(&new, &hist, &st);
+    assert!(rows.join("\n").contains("Depth of idle"));
+    assert!(
+        rows.iter().any(|r| r.contains("> node-beta")),
+        "{}",
+        rows.join("\n")
+    );
+    st.key(key(KeyCode::Enter), &new);
+    let all = screen(&new, &hist, &st).join("\n");
+    assert!(all.contains("node       node-beta"), "{all}");
+    assert!(all.contains(&format!("running    {JOB_B}")), "{all}");
+    st.key(key(KeyCode::Esc), &new);
+    st.key(key(KeyCode::Tab), &new);
+    st.key(key(KeyCode::Tab), &new);
+    assert_eq!(marked(&screen(&new, &hist, &st), &[JOB_A, JOB_B, JOB_C]), [JOB_B]);
+
+    // A selected item leaving a pane without focus moves its selection silently.
+    let mut gone = new.clone();
+    gone.nodes.retain(|n| n.node_id != "node-beta");
+    st.follow(&new, &gone);
+    assert_eq!(st.selection(Pane::Nodes, &gone), Some(1));
+    assert_eq!(st.notice, None);
+}

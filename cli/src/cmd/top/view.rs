@@ -1,7 +1,8 @@
 //! The terminal dashboard of `jetrun top`, drawn with ratatui: [`draw`] takes a [`Frame`]
 //! (what was read), the depth [`History`] and the [`ViewState`] (focus, selection,
 //! pause) and draws into any backend, so tests draw into ratatui's `TestBackend` and read
-//! the cells back. [`ViewState::key`] turns key presses into state changes.
+//! the cells back. [`ViewState::key`] turns key presses into state changes, and
+//! [`ViewState::follow`] keeps each pane's selection on its item when a new frame comes.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -59,6 +60,52 @@ impl Pane {
             Pane::Nodes => f.nodes.len(),
         }
     }
+
+    /// What row `i` of the pane shows in `f`.
+    fn item(self, f: &Frame, i: usize) -> Option<Item> {
+        Some(match self {
+            Pane::Queues => Item::Queue(f.queues.get(i)?.queue.clone()),
+            Pane::Jobs => Item::Job(f.running_jobs.get(i)?.job_id.clone()),
+            Pane::Replicas => Item::Service(f.replicas.get(i)?.service.clone()),
+            Pane::Failures => match f.failures.get(i) {
+                Some(x) => Item::Failure(x.job_id.clone()),
+                None => Item::DeadLetter(f.recent_dead_letters.get(i - f.failures.len())?.seq),
+            },
+            Pane::Nodes => Item::Node(f.nodes.get(i)?.node_id.clone()),
+        })
+    }
+
+    /// The row showing `item` in `f`.
+    fn position(self, f: &Frame, item: &Item) -> Option<usize> {
+        (0..self.len(f)).position(|i| self.item(f, i).as_ref() == Some(item))
+    }
+}
+
+/// What a selected row stands for: rows move between frames (jobs start and finish,
+/// failures arrive on top), so the selection is kept by identity, not by row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Item {
+    Queue(String),
+    Job(String),
+    Service(String),
+    /// A failed or timed-out job.
+    Failure(String),
+    /// A dead letter, by its DLQ sequence.
+    DeadLetter(u64),
+    Node(String),
+}
+
+impl std::fmt::Display for Item {
+    fn fmt(&self, o: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Item::Queue(q) => write!(o, "queue {q}"),
+            Item::Job(j) => write!(o, "job {j}"),
+            Item::Service(s) => write!(o, "service {s}"),
+            Item::Failure(j) => write!(o, "failure of job {j}"),
+            Item::DeadLetter(seq) => write!(o, "dead letter #{seq}"),
+            Item::Node(n) => write!(o, "node {n}"),
+        }
+    }
 }
 
 /// What a key asks of the loop.
@@ -83,6 +130,9 @@ pub struct ViewState {
     pub paused: bool,
     /// The last read error, shown in the footer (the view keeps the last good frame).
     pub error: Option<String>,
+    /// Why the selection moved by itself (its item left the focused pane), shown in the
+    /// footer until the next key.
+    pub notice: Option<String>,
 }
 
 impl Default for ViewState {
@@ -93,6 +143,7 @@ impl Default for ViewState {
             detail: false,
             paused: false,
             error: None,
+            notice: None,
         }
     }
 }
@@ -104,8 +155,32 @@ impl ViewState {
         (n > 0).then(|| self.selected[pane.index()].min(n - 1))
     }
 
+    /// Moves each pane's selection from its row in `old` to the row of the same item in
+    /// `new`. An item `new` no longer has leaves the selection on the same row (the last
+    /// one if the pane shrank); when that happens in the focused pane the footer says so,
+    /// and open details close rather than show another item than the one opened.
+    pub fn follow(&mut self, old: &Frame, new: &Frame) {
+        for pane in Pane::ALL {
+            let Some(item) = self.selection(pane, old).and_then(|i| pane.item(old, i)) else {
+                continue;
+            };
+            let i = &mut self.selected[pane.index()];
+            match pane.position(new, &item) {
+                Some(at) => *i = at,
+                None => {
+                    *i = (*i).min(pane.len(new).saturating_sub(1));
+                    if pane == self.pane {
+                        self.notice = Some(format!("{item} is no longer listed"));
+                        self.detail = false;
+                    }
+                }
+            }
+        }
+    }
+
     /// Applies a key press.
     pub fn key(&mut self, k: KeyEvent, f: &Frame) -> Action {
+        self.notice = None;
         let ctrl = k.modifiers.contains(KeyModifiers::CONTROL);
         match k.code {
             KeyCode::Char('c') if ctrl => return Action::Quit,
@@ -266,13 +341,18 @@ pub fn draw(out: &mut ratatui::Frame<'_>, f: &Frame, hist: &History, st: &ViewSt
     draw_failures(out, failures, f, st);
 
     let keys = "q quit  Tab/Shift-Tab pane  ↑↓/j k select  Enter details  p pause";
-    let footer = match &st.error {
-        Some(e) => Line::from(vec![
-            Span::styled(format!("read failed: {e}  "), Style::default().fg(Color::Red)),
-            Span::raw(keys),
-        ]),
-        None => Line::from(keys),
-    };
+    let mut footer = Vec::new();
+    if let Some(e) = &st.error {
+        footer.push(Span::styled(
+            format!("read failed: {e}  "),
+            Style::default().fg(Color::Red),
+        ));
+    }
+    if let Some(n) = &st.notice {
+        footer.push(Span::styled(format!("{n}  "), Style::default().fg(Color::Yellow)));
+    }
+    footer.push(Span::raw(keys));
+    let footer = Line::from(footer);
     out.render_widget(
         Paragraph::new(footer).style(Style::default().add_modifier(Modifier::DIM)),
         foot,
@@ -374,8 +454,8 @@ fn draw_queues(out: &mut ratatui::Frame<'_>, area: Rect, f: &Frame, hist: &Histo
 }
 
 fn draw_depth(out: &mut ratatui::Frame<'_>, area: Rect, f: &Frame, hist: &History, st: &ViewState) {
-    // The selected queue's depth over every frame kept (the first queue when another
-    // pane has focus).
+    // The selected queue's depth over every frame kept (still shown while another pane
+    // has focus).
     let Some(q) = f.queues.get(st.selection(Pane::Queues, f).unwrap_or(0)) else {
         out.render_widget(
             Paragraph::new("no queues yet").block(Block::bordered().title(" Depth ")),

@@ -48,8 +48,28 @@ pub struct WorkerConfig {
     /// Settle: retry backoff, sweep, graces, callbacks (see `jetrun_settle::Config`).
     pub settle: jetrun_settle::Config,
     /// The ECS runner's configuration (`runner: ecs`; see docs/runner.md), checked when
-    /// the runner starts.
-    pub ecs: Option<serde_json::Value>,
+    /// the file is read: unknown fields and settings that cannot work are refused, as
+    /// `--ecs-config` refuses them.
+    #[cfg_attr(feature = "ecs", serde(deserialize_with = "checked_ecs"))]
+    pub ecs: Option<EcsSection>,
+}
+
+/// The `ecs` section: the ECS runner's configuration.
+#[cfg(feature = "ecs")]
+pub type EcsSection = jetrun_runner::ecs::EcsConfig;
+/// The `ecs` section, kept as given: this build has no ECS runner to check it against
+/// (`runner: ecs` is refused when the runner starts).
+#[cfg(not(feature = "ecs"))]
+pub type EcsSection = serde_json::Value;
+
+/// `ecs`, deserialised and checked like `--ecs-config` ([`EcsConfig::from_json`]).
+///
+/// [`EcsConfig::from_json`]: jetrun_runner::ecs::EcsConfig::from_json
+#[cfg(feature = "ecs")]
+fn checked_ecs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<EcsSection>, D::Error> {
+    #[derive(Deserialize)]
+    struct Checked(#[serde(deserialize_with = "EcsSection::deserialize_checked")] EcsSection);
+    Ok(Option::<Checked>::deserialize(d)?.map(|c| c.0))
 }
 
 impl Default for WorkerConfig {
@@ -135,9 +155,12 @@ impl WorkerConfig {
             } else {
                 std::fs::read_to_string(raw).with_context(|| format!("reading the ECS config {raw}"))?
             };
-            self.ecs = Some(
-                serde_json::from_str(&json).with_context(|| format!("the ECS config {raw} is not JSON"))?,
-            );
+            #[cfg(feature = "ecs")]
+            let ecs = EcsSection::from_json(&json).with_context(|| format!("the ECS config {raw}"))?;
+            #[cfg(not(feature = "ecs"))]
+            let ecs =
+                serde_json::from_str(&json).with_context(|| format!("the ECS config {raw} is not JSON"))?;
+            self.ecs = Some(ecs);
         }
         if l.allow_unisolated {
             self.allow_unisolated = true;
@@ -242,6 +265,90 @@ mod tests {
             ..Default::default()
         };
         assert!(c.validate().is_err());
+    }
+
+    #[cfg(feature = "ecs")]
+    #[test]
+    fn the_ecs_section_is_the_ecs_config_that_ecs_config_gives() {
+        use jetrun_runner::ecs::EcsConfig;
+        let json = r#"{"cluster": "jobs", "task_definition": "job", "queues": {"gpu": "gpu-job"},
+            "capacity_providers": [{"name": "FARGATE_SPOT", "weight": 3}, {"name": "FARGATE", "base": 1}],
+            "subnets": ["subnet-0a"], "poll_interval": "2s", "pacer": {"capacity": 50, "shared_bucket": "jetrun-ecs-pacer"},
+            "logs": {"group": "/jetrun/jobs"}}"#;
+        let mut from_file: WorkerConfig =
+            serde_yaml::from_str(&format!("runner: ecs\necs: {json}\n")).unwrap();
+        from_file.apply(&flags(&[])).unwrap();
+        let mut from_flag = WorkerConfig::default();
+        from_flag
+            .apply(&flags(&["--runner", "ecs", "--ecs-config", json]))
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ecs.json");
+        std::fs::write(&path, json).unwrap();
+        let mut from_flag_file = WorkerConfig::default();
+        from_flag_file
+            .apply(&flags(&[
+                "--runner",
+                "ecs",
+                "--ecs-config",
+                path.to_str().unwrap(),
+            ]))
+            .unwrap();
+        let want = EcsConfig::from_json(json).unwrap();
+        assert_eq!(from_file.ecs.as_ref(), Some(&want));
+        assert_eq!(from_flag.ecs.as_ref(), Some(&want));
+        assert_eq!(from_flag_file.ecs.as_ref(), Some(&want));
+        assert_eq!(want.cluster, "jobs");
+        assert_eq!(want.capacity_providers[1].weight, 1);
+        assert_eq!(want.poll_interval, std::time::Duration::from_secs(2));
+        // The section may be written as YAML too.
+        let yaml: WorkerConfig = serde_yaml::from_str(
+            "ecs:\n  cluster: jobs\n  task_definition: job\n  queues: {gpu: gpu-job}\n  capacity_providers:\n    \
+             - {name: FARGATE_SPOT, weight: 3}\n    - {name: FARGATE, base: 1}\n  subnets: [subnet-0a]\n  \
+             poll_interval: 2s\n  pacer: {capacity: 50, shared_bucket: jetrun-ecs-pacer}\n  logs: {group: /jetrun/jobs}\n",
+        )
+        .unwrap();
+        assert_eq!(yaml.ecs, Some(want));
+    }
+
+    #[cfg(feature = "ecs")]
+    #[test]
+    fn an_ecs_section_with_an_unknown_field_or_impossible_settings_is_refused() {
+        let e =
+            serde_yaml::from_str::<WorkerConfig>("ecs: {task_definition: job, clustr: jobs}\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field `clustr`"), "{e}");
+        let e = serde_yaml::from_str::<WorkerConfig>("ecs: {task_definition: job, pacer: {capasity: 5}}\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("unknown field `capasity`"), "{e}");
+        // What `EcsConfig::validate` refuses, as --ecs-config refuses it.
+        let e = serde_yaml::from_str::<WorkerConfig>("ecs: {cluster: jobs}\n").unwrap_err();
+        assert!(e.to_string().contains("no task definition"), "{e}");
+        let e = serde_yaml::from_str::<WorkerConfig>("ecs: {task_definition: job, launch_type: SPACE}\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("launch_type \"SPACE\""), "{e}");
+        let e = WorkerConfig::default()
+            .apply(&flags(&[
+                "--ecs-config",
+                r#"{"task_definition": "job", "launch_type": "SPACE"}"#,
+            ]))
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("launch_type \"SPACE\""), "{e:#}");
+        let e = WorkerConfig::default()
+            .apply(&flags(&[
+                "--ecs-config",
+                r#"{"task_definition": "job", "clustr": "jobs"}"#,
+            ]))
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("unknown field `clustr`"), "{e:#}");
+        // Left out, or null: no section.
+        assert_eq!(
+            serde_yaml::from_str::<WorkerConfig>("ecs: null\n").unwrap().ecs,
+            None
+        );
+        assert_eq!(
+            serde_yaml::from_str::<WorkerConfig>("runner: oci\n").unwrap().ecs,
+            None
+        );
     }
 
     #[test]

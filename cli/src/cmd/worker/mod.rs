@@ -261,12 +261,11 @@ pub async fn make_runner(ctx: &jetrun_host::Context, cfg: &WorkerConfig) -> anyh
 
 #[cfg(feature = "ecs")]
 async fn ecs_runner(ctx: &jetrun_host::Context, cfg: &WorkerConfig) -> anyhow::Result<Arc<dyn Runner>> {
-    let json = cfg
+    // Checked when the configuration was read (`WorkerConfig`).
+    let ecs = cfg
         .ecs
-        .as_ref()
-        .context("--runner ecs needs --ecs-config (JETRUN_ECS_CONFIG) or `ecs` in --config")?
-        .to_string();
-    let ecs = jetrun_runner::ecs::EcsConfig::from_json(&json)?;
+        .clone()
+        .context("--runner ecs needs --ecs-config (JETRUN_ECS_CONFIG) or `ecs` in --config")?;
     let runner = jetrun_runner::ecs::EcsRunner::from_config_shared(ecs, &ctx.js)
         .await?
         // Only this node's tasks: every worker of a deployment shares one cluster.

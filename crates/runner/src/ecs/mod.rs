@@ -57,7 +57,7 @@ use tracing::{debug, info, warn};
 
 use crate::{LaunchRequest, Runner, RunnerError, RunnerErrorKind, TaskInfo, TaskStatus};
 pub use logs::{LogStream, LogsConfig};
-pub use pacer::{KvTokenBucket, Pacer, PacerConfig, TokenBucket, ensure_bucket, shared_bucket_name};
+pub use pacer::{KvTokenBucket, Pacer, PacerConfig, TokenBucket, shared_bucket_name};
 pub use retry::RetryConfig;
 pub use state::{EcsOutcome, TaskView};
 
@@ -185,14 +185,27 @@ impl EcsConfig {
             .map(String::as_str)
     }
 
-    /// The configuration from JSON (e.g. the worker's `JETRUN_ECS_CONFIG`), checked.
+    /// The configuration from JSON (e.g. the worker's `JETRUN_ECS_CONFIG`), checked: the
+    /// same deserialisation as the worker configuration's `ecs` section
+    /// ([`Self::deserialize_checked`]).
     pub fn from_json(json: &str) -> Result<Self, EcsError> {
-        let cfg: Self = serde_json::from_str(json).map_err(|e| EcsError {
-            kind: EcsErrorKind::Config,
-            message: format!("ECS runner configuration: {e}"),
-            source: Some(Box::new(e)),
-        })?;
-        cfg.validate()?;
+        let mut de = serde_json::Deserializer::from_str(json);
+        Self::deserialize_checked(&mut de)
+            .and_then(|cfg| de.end().map(|()| cfg))
+            .map_err(|e| EcsError {
+                kind: EcsErrorKind::Config,
+                message: format!("ECS runner configuration: {e}"),
+                source: Some(Box::new(e)),
+            })
+    }
+
+    /// Deserialises a configuration from any format and checks it ([`Self::validate`]):
+    /// unknown fields and settings that cannot work are errors of the format, naming
+    /// what is wrong (plain `Deserialize` checks only the shape). For
+    /// `#[serde(deserialize_with = "EcsConfig::deserialize_checked")]`.
+    pub fn deserialize_checked<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let cfg = Self::deserialize(d)?;
+        cfg.validate().map_err(|e| serde::de::Error::custom(e.message))?;
         Ok(cfg)
     }
 

@@ -156,7 +156,9 @@ pub fn shared_bucket_name(prefix: &str) -> String {
     format!("{prefix}-ecs-pacer")
 }
 
-/// The pacer bucket's configuration (`jetrun init` declares it in the topology).
+/// The pacer bucket's configuration. `jetrun init` declares it in the topology
+/// (`jetrun_nats::Topology::extra_buckets`) and creates it as the operator, so that workers
+/// with least-privilege credentials never need to create a stream.
 pub fn bucket_config(bucket: &str, replicas: usize) -> async_nats::jetstream::kv::Config {
     async_nats::jetstream::kv::Config {
         bucket: bucket.to_string(),
@@ -165,30 +167,6 @@ pub fn bucket_config(bucket: &str, replicas: usize) -> async_nats::jetstream::kv
         description: "jetrun: ECS launch pacer".into(),
         num_replicas: replicas.max(1),
         ..Default::default()
-    }
-}
-
-/// Creates the shared pacer's KV bucket if it is missing (history 1, `replicas` copies),
-/// what `jetrun init` does as the operator so that workers with least-privilege
-/// credentials never need to create a stream. Returns whether it was created; an
-/// existing bucket is left as it is.
-pub async fn ensure_bucket(
-    js: &async_nats::jetstream::Context,
-    bucket: &str,
-    replicas: usize,
-) -> Result<bool, PacerError> {
-    if js.get_key_value(bucket).await.is_ok() {
-        return Ok(false);
-    }
-    match js.create_key_value(bucket_config(bucket, replicas)).await {
-        Ok(_) => Ok(true),
-        // Another `init` (or worker) made it in between.
-        Err(_) if js.get_key_value(bucket).await.is_ok() => Ok(false),
-        Err(e) => Err(PacerError {
-            kind: PacerErrorKind::Store,
-            message: format!("creating KV bucket {bucket}: {e}"),
-            source: Some(Box::new(e)),
-        }),
     }
 }
 
@@ -233,7 +211,7 @@ impl KvTokenBucket {
 
     /// Opens the KV bucket `bucket` and paces on `key` in it. A missing bucket is
     /// created (history 1, one replica) when the NATS user may; otherwise the error says
-    /// to run `jetrun init`, which creates it ([`ensure_bucket`]).
+    /// to run `jetrun init`, which creates it (from [`bucket_config`]).
     pub async fn open(
         js: &async_nats::jetstream::Context,
         bucket: &str,

@@ -14,7 +14,8 @@
 //!   benchmark does the scrape); EMF lines written every second (to stderr).
 //!
 //! `BENCH_ROUNDS` (default 3) pairs of runs; `BENCH_OBS=off|on` runs one mode alone (with
-//! its own sink when `BENCH_OTLP_ENDPOINT` is not set).
+//! its own sink when `BENCH_OTLP_ENDPOINT` is not set). `BENCH_OBS_PARTS=traces|metrics`
+//! turns on only span export, or only the scrapes and EMF, to measure them apart.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -34,6 +35,25 @@ pub fn mode() -> Option<bool> {
     }
 }
 
+/// Whether "on" includes span export (`BENCH_OBS_PARTS` unset, `all` or `traces`).
+pub fn traces_on() -> bool {
+    matches!(parts().as_str(), "all" | "traces")
+}
+
+/// Whether "on" includes the scrapes and EMF (`BENCH_OBS_PARTS` unset, `all` or `metrics`).
+pub fn metrics_on() -> bool {
+    matches!(parts().as_str(), "all" | "metrics")
+}
+
+fn parts() -> String {
+    let p = std::env::var("BENCH_OBS_PARTS").unwrap_or_else(|_| "all".into());
+    assert!(
+        matches!(p.as_str(), "all" | "traces" | "metrics"),
+        "BENCH_OBS_PARTS={p}: all, traces or metrics"
+    );
+    p
+}
+
 /// How often the metrics are scraped (and EMF written) with observability on.
 pub const SCRAPE_EVERY: Duration = Duration::from_secs(1);
 
@@ -43,6 +63,8 @@ pub struct Counts {
     pub requests: AtomicU64,
     pub spans: AtomicU64,
     pub bytes: AtomicU64,
+    /// Spans by name, over the sink's life.
+    pub names: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 /// An OTLP/HTTP receiver on loopback that counts and discards.
@@ -117,6 +139,10 @@ fn serve(conn: TcpStream, counts: &Counts) {
         counts.bytes.fetch_add(len as u64, Ordering::Relaxed);
         if line.starts_with("POST /v1/traces") {
             counts.spans.fetch_add(count_spans(&body), Ordering::Relaxed);
+            let mut names = counts.names.lock().unwrap();
+            for n in span_names(&body) {
+                *names.entry(n).or_default() += 1;
+            }
         }
         if w.write_all(
             b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
@@ -138,6 +164,21 @@ pub fn count_spans(req: &[u8]) -> u64 {
         }
     }
     n
+}
+
+/// The names (field 5) of the spans of an `ExportTraceServiceRequest`.
+pub fn span_names(req: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    for rs in len_fields(req, 1) {
+        for ss in len_fields(rs, 2) {
+            for span in len_fields(ss, 2) {
+                if let Some(n) = len_fields(span, 5).first() {
+                    out.push(String::from_utf8_lossy(n).into_owned());
+                }
+            }
+        }
+    }
+    out
 }
 
 fn varint(b: &mut &[u8]) -> Option<u64> {
@@ -190,7 +231,10 @@ fn len_fields(mut b: &[u8], want: u64) -> Vec<&[u8]> {
 
 /// Sets up telemetry for one mode; keep the guard alive (dropping it flushes the spans).
 pub fn init(on: bool, service: &str) -> jetrun_telemetry::Guard {
-    if !on {
+    if on && metrics_on() {
+        jetrun_telemetry::emf::start(jetrun_telemetry::emf::Target::Stderr, SCRAPE_EVERY);
+    }
+    if !on || !traces_on() {
         return jetrun_telemetry::init_with("text", None);
     }
     let endpoint = std::env::var("BENCH_OTLP_ENDPOINT").unwrap_or_else(|_| {
@@ -213,7 +257,6 @@ pub fn init(on: bool, service: &str) -> jetrun_telemetry::Guard {
         guard.exporting(),
         "span export did not start (is the otel feature on?)"
     );
-    jetrun_telemetry::emf::start(jetrun_telemetry::emf::Target::Stderr, SCRAPE_EVERY);
     guard
 }
 
@@ -221,6 +264,64 @@ pub fn init(on: bool, service: &str) -> jetrun_telemetry::Guard {
 /// many items (jobs, webhooks) the whole run handled.
 pub fn result(rate: f64, baseline: f64, items: u64) {
     println!("BENCH_RESULT rate={rate} baseline={baseline} items={items}");
+}
+
+/// CPU time (user + system, all threads) a process has used, from `/proc/<pid>/stat`, in
+/// seconds (clock ticks of 10 ms). CPU per item is steadier than throughput on a machine
+/// shared with other work: on two cores that nats-server and the pipeline share, the
+/// throughput lost is about the CPU added per item over the CPU an item takes in all.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces): state is the 3rd field, utime
+    // and stime the 14th and 15th.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// The nats-server this process started (the harness's child), if any.
+pub fn nats_server_pid() -> Option<u32> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (head, rest) = stat.rsplit_once(')')?;
+        let ppid = rest.split_whitespace().nth(1)?;
+        (head.ends_with("(nats-server") && ppid == me).then_some(pid)
+    })
+}
+
+/// CPU used by this process and by its nats-server, sampled around the measured phase.
+#[derive(Debug, Clone, Copy)]
+pub struct Cpu {
+    client: f64,
+    server: f64,
+    server_pid: Option<u32>,
+}
+
+impl Cpu {
+    pub fn start() -> Cpu {
+        let server_pid = nats_server_pid();
+        Cpu {
+            client: cpu_seconds(std::process::id()),
+            server: server_pid.map(cpu_seconds).unwrap_or(0.0),
+            server_pid,
+        }
+    }
+
+    /// Prints the CPU per item since [`Cpu::start`] (for the parent, and for a reader).
+    pub fn report(&self, items: u64, item: &str) {
+        let client = cpu_seconds(std::process::id()) - self.client;
+        let server = self.server_pid.map(cpu_seconds).unwrap_or(0.0) - self.server;
+        let per = |s: f64| s * 1e6 / items.max(1) as f64;
+        println!(
+            "CPU per {item}: pipeline {:.0} µs, nats-server {:.0} µs (over {items})",
+            per(client),
+            per(server)
+        );
+        println!("BENCH_CPU client={} server={}", per(client), per(server));
+    }
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -236,6 +337,9 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// CPU seconds per item of one run: (pipeline, nats-server).
+type CpuPerItem = (f64, f64);
+
 /// The parent: `rounds` pairs of child runs, then the comparison. `show` picks which of a
 /// child's lines are echoed; `unit` names the rate (`jobs/s`, `webhooks/s`); `item` names
 /// one unit of work (`job`, `webhook`) for the spans-per-item figure.
@@ -249,6 +353,9 @@ pub fn compare(what: &str, unit: &str, item: &str, show: impl Fn(&str) -> bool) 
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (mut off, mut on) = (Vec::new(), Vec::new());
     let (mut off_n, mut on_n) = (Vec::new(), Vec::new());
+    let mut on_items: Vec<f64> = Vec::new();
+    let (mut off_cpu, mut on_cpu): (Vec<CpuPerItem>, Vec<CpuPerItem>) = (Vec::new(), Vec::new());
+    println!("observability parts switched: {} (BENCH_OBS_PARTS)", parts());
     println!("cost of observability: {what}, {rounds} rounds of off/on (order swapped every other round)");
     for round in 0..rounds {
         let order = if round % 2 == 0 {
@@ -275,6 +382,21 @@ pub fn compare(what: &str, unit: &str, item: &str, show: impl Fn(&str) -> bool) 
             );
             let mut got = None;
             for l in text.lines() {
+                if let Some(r) = l.strip_prefix("BENCH_CPU ") {
+                    let field = |k: &str| -> f64 {
+                        r.split_whitespace()
+                            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+                            .and_then(|v| v.parse().ok())
+                            .unwrap()
+                    };
+                    let cpu = (field("client"), field("server"));
+                    if obs {
+                        on_cpu.push(cpu)
+                    } else {
+                        off_cpu.push(cpu)
+                    }
+                    continue;
+                }
                 if let Some(r) = l.strip_prefix("BENCH_RESULT ") {
                     let field = |k: &str| -> f64 {
                         r.split_whitespace()
@@ -291,7 +413,10 @@ pub fn compare(what: &str, unit: &str, item: &str, show: impl Fn(&str) -> bool) 
             let (req, spans, bytes) = sink.read();
             let (req, spans, bytes) = (req - before.0, spans - before.1, bytes - before.2);
             if obs {
-                assert!(spans > 0, "observability on, but no span reached the sink");
+                assert!(
+                    spans > 0 || !traces_on(),
+                    "observability on, but no span reached the sink"
+                );
                 println!(
                     "  [{round}  on] exported {spans} spans ({:.1} per {item}) in {req} requests ({:.1} MB)",
                     spans as f64 / items.max(1.0),
@@ -299,6 +424,7 @@ pub fn compare(what: &str, unit: &str, item: &str, show: impl Fn(&str) -> bool) 
                 );
                 on.push(rate);
                 on_n.push(rate / base);
+                on_items.push(items);
             } else {
                 assert_eq!(spans, 0, "observability off, yet spans were exported");
                 off.push(rate);
@@ -309,6 +435,13 @@ pub fn compare(what: &str, unit: &str, item: &str, show: impl Fn(&str) -> bool) 
     }
     let (m_off, m_on) = (median(&off), median(&on));
     let ratio = m_on / m_off;
+    let on_items: f64 = on_items.iter().sum();
+    let names = sink.counts.names.lock().unwrap().clone();
+    let by_name: Vec<String> = names
+        .iter()
+        .map(|(n, c)| format!("{n} {:.2}", *c as f64 / on_items.max(1.0)))
+        .collect();
+    println!("spans per {item} by name: {}", by_name.join(", "));
     // Each round's two runs are back to back, so their ratio shares the machine's load.
     let per_round: Vec<f64> = off.iter().zip(&on).map(|(a, b)| b / a).collect();
     let pairs: Vec<String> = per_round.iter().map(|r| format!("{r:.3}")).collect();
@@ -322,4 +455,17 @@ pub fn compare(what: &str, unit: &str, item: &str, show: impl Fn(&str) -> bool) 
         median(&per_round),
         median(&on_n) / median(&off_n)
     );
+    if !off_cpu.is_empty() && !on_cpu.is_empty() {
+        let client = |v: &[CpuPerItem]| median(&v.iter().map(|c| c.0).collect::<Vec<_>>());
+        let total = |v: &[CpuPerItem]| median(&v.iter().map(|c| c.0 + c.1).collect::<Vec<_>>());
+        let (c_off, c_on, t_off, t_on) = (client(&off_cpu), client(&on_cpu), total(&off_cpu), total(&on_cpu));
+        println!(
+            "CPU per {item} (medians): pipeline {c_off:.0} → {c_on:.0} µs ({:+.1} %), \
+             pipeline + nats-server {t_off:.0} → {t_on:.0} µs ({:+.1} %): \
+             on two shared cores, throughput ≈ {:.3} × off",
+            (c_on / c_off - 1.0) * 100.0,
+            (t_on / t_off - 1.0) * 100.0,
+            t_off / t_on
+        );
+    }
 }
