@@ -9,9 +9,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -67,70 +66,6 @@ fn start(mut cmd: Command, dir: &std::path::Path, name: &str, marker: Option<&st
             }
         }
     }
-}
-
-/// What the GitHub stand-in saw: (method, path, body).
-type Seen = Arc<Mutex<Vec<(String, String, serde_json::Value)>>>;
-
-/// The GitHub REST API stand-in: records every request; a comment POST answers 201 with a
-/// new id, a GET of comments an empty list, a reaction 201.
-fn standin() -> (String, Seen) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    let seen: Seen = Arc::default();
-    let s = seen.clone();
-    std::thread::spawn(move || {
-        for (n, sock) in l.incoming().enumerate() {
-            let Ok(mut sock) = sock else { return };
-            let mut buf = Vec::new();
-            let mut tmp = [0u8; 8192];
-            let (head, mut body) = loop {
-                let k = sock.read(&mut tmp).unwrap_or(0);
-                if k == 0 {
-                    break (String::new(), Vec::new());
-                }
-                buf.extend_from_slice(&tmp[..k]);
-                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    break (
-                        String::from_utf8_lossy(&buf[..i]).to_string(),
-                        buf[i + 4..].to_vec(),
-                    );
-                }
-            };
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse().ok())?
-                })
-                .unwrap_or(0);
-            while body.len() < len {
-                let k = sock.read(&mut tmp).unwrap_or(0);
-                if k == 0 {
-                    break;
-                }
-                body.extend_from_slice(&tmp[..k]);
-            }
-            let mut first = head.lines().next().unwrap_or("").split_whitespace();
-            let method = first.next().unwrap_or("").to_string();
-            let path = first.next().unwrap_or("").to_string();
-            let (status, answer) = if method == "GET" {
-                (200, "[]".to_string())
-            } else {
-                (201, format!("{{\"id\":{}}}", 7000 + n))
-            };
-            s.lock()
-                .unwrap()
-                .push((method, path, serde_json::from_slice(&body).unwrap_or_default()));
-            let _ = write!(
-                sock,
-                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
-                answer.len()
-            );
-        }
-    });
-    (url, seen)
 }
 
 fn http(addr: SocketAddr, path: &str, headers: &[(&str, &str)], body: &str) -> String {
@@ -203,7 +138,7 @@ async fn refused<T, E: std::fmt::Debug>(what: &str, r: impl std::future::IntoFut
 async fn github_answers_a_refused_command_with_only_its_own_permissions() {
     let d = Deployment::start();
     let dir = d.dir.path().to_path_buf();
-    let (api, seen) = standin();
+    let (api, seen) = jetrun_harness::github_standin().unwrap();
 
     let rules = dir.join("rules.yaml");
     std::fs::write(

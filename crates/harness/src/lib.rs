@@ -9,6 +9,7 @@
 //! - [`ShippedNats::start`] runs the shipped least-privilege configuration
 //!   (`infra/nats/jetrun.conf` and `accounts.conf`) with every user's password filled in,
 //!   and connects as any of its users;
+//! - [`github_standin`] is a local GitHub REST API that records what it is sent;
 //! - [`ServerProcess`] is the underlying child process, also used by `jetrun dev` with a
 //!   persistent data directory.
 //!
@@ -20,8 +21,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod github;
 mod shipped;
 
+pub use github::{GithubSeen, github_standin};
 pub use shipped::{ShippedNats, ShippedUser, shipped_config_dir, shipped_users};
 
 /// Errors starting a server.

@@ -82,8 +82,15 @@ pub fn insert_header(h: &mut HeaderMap, name: &str, value: &str) -> bool {
 /// span's when that is in the same trace or the envelope has none
 /// ([`jetrun_telemetry::outgoing`]).
 pub fn to_header_map(env: &Envelope) -> HeaderMap {
+    header_map_with(
+        env,
+        jetrun_telemetry::outgoing(env.traceparent.as_deref(), env.tracestate.as_deref()),
+    )
+}
+
+/// [`to_header_map`] with the outgoing trace context already decided.
+fn header_map_with(env: &Envelope, trace: Option<jetrun_telemetry::TraceContext>) -> HeaderMap {
     let mut h = HeaderMap::new();
-    let trace = jetrun_telemetry::outgoing(env.traceparent.as_deref(), env.tracestate.as_deref());
     for (k, v) in env.to_headers() {
         if k == envelope::H_TRACEPARENT || k == envelope::H_TRACESTATE {
             continue;
@@ -333,19 +340,22 @@ impl EventPublisher {
     ) -> Result<PublishAckFuture, PublishError> {
         env.validate()
             .map_err(|e| PublishError::caused(PublishErrorKind::Invalid, subject.clone(), e))?;
-        let current = tracing::Span::current();
+        // The current span's context, read once: for the check and for the headers.
+        let current = jetrun_telemetry::current_context();
+        let trace_id = |tp: &str| jetrun_telemetry::TraceParent::parse(tp).map(|p| p.trace_id);
         let same_trace = env.traceparent.as_deref().is_none_or(|tp| {
-            let ours = jetrun_telemetry::current_context()
-                .and_then(|c| jetrun_telemetry::TraceParent::parse(&c.traceparent).map(|p| p.trace_id));
-            ours.is_some() && ours == jetrun_telemetry::TraceParent::parse(tp).map(|p| p.trace_id)
+            let ours = current.as_ref().and_then(|c| trace_id(&c.traceparent));
+            ours.is_some() && ours == trace_id(tp)
         });
         if same_trace {
-            observe(&current, env, &body);
+            observe(&tracing::Span::current(), env, &body);
         } else {
             // Metrics only: the current span is another trace's (a sweep acting for the job).
             observe(&tracing::Span::none(), env, &body);
         }
-        let headers = to_header_map(env);
+        let trace =
+            jetrun_telemetry::outgoing_from(current, env.traceparent.as_deref(), env.tracestate.as_deref());
+        let headers = header_map_with(env, trace);
         self.js
             .publish_with_headers(subject.clone(), headers, body)
             .await

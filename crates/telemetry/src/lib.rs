@@ -251,8 +251,17 @@ pub fn current_traceparent() -> Option<String> {
 ///   an invalid `tracestate` is dropped;
 /// - else nothing (the caller may start a new trace).
 pub fn outgoing(explicit: Option<&str>, explicit_state: Option<&str>) -> Option<TraceContext> {
+    outgoing_from(current_context(), explicit, explicit_state)
+}
+
+/// [`outgoing`] with the current span's context already read ([`current_context`]), for
+/// a caller that needs it too.
+pub fn outgoing_from(
+    current: Option<TraceContext>,
+    explicit: Option<&str>,
+    explicit_state: Option<&str>,
+) -> Option<TraceContext> {
     let explicit = explicit.and_then(TraceParent::parse);
-    let current = current_context();
     match (current, explicit) {
         (Some(cur), None) => Some(cur),
         (Some(cur), Some(e))

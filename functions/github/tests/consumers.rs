@@ -8,9 +8,6 @@
 //! ones next to them are answered.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -26,69 +23,6 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/github-webhooks");
-
-type Seen = Arc<Mutex<Vec<(String, String, Value)>>>;
-
-/// The stand-in: records `(method, path, body)`; GET answers `[]`, anything else 201
-/// `{"id": n}`.
-fn standin() -> (String, Seen) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    let seen: Seen = Arc::default();
-    let s = seen.clone();
-    std::thread::spawn(move || {
-        for (n, sock) in l.incoming().enumerate() {
-            let Ok(mut sock) = sock else { continue };
-            let mut buf = Vec::new();
-            let mut tmp = [0u8; 8192];
-            let (head, mut body) = loop {
-                let k = sock.read(&mut tmp).unwrap_or(0);
-                if k == 0 {
-                    break (String::new(), Vec::new());
-                }
-                buf.extend_from_slice(&tmp[..k]);
-                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    break (
-                        String::from_utf8_lossy(&buf[..i]).to_string(),
-                        buf[i + 4..].to_vec(),
-                    );
-                }
-            };
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    let (k, v) = l.split_once(':')?;
-                    k.eq_ignore_ascii_case("content-length")
-                        .then(|| v.trim().parse().ok())?
-                })
-                .unwrap_or(0);
-            while body.len() < len {
-                let k = sock.read(&mut tmp).unwrap_or(0);
-                if k == 0 {
-                    break;
-                }
-                body.extend_from_slice(&tmp[..k]);
-            }
-            let mut first = head.lines().next().unwrap_or("").split_whitespace();
-            let method = first.next().unwrap_or("").to_string();
-            let path = first.next().unwrap_or("").to_string();
-            let (status, answer) = if method == "GET" {
-                (200, "[]".to_string())
-            } else {
-                (201, format!("{{\"id\":{}}}", 7000 + n))
-            };
-            s.lock()
-                .unwrap()
-                .push((method, path, serde_json::from_slice(&body).unwrap_or_default()));
-            let _ = write!(
-                sock,
-                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
-                answer.len()
-            );
-        }
-    });
-    (url, seen)
-}
 
 async fn publish(js: &jetstream::Context, subject: &str, env: Option<Envelope>, body: impl Into<Bytes>) {
     let ack = match env {
@@ -159,7 +93,7 @@ rules:
 "#,
     )
     .unwrap();
-    let (api, seen) = standin();
+    let (api, seen) = jetrun_harness::github_standin().unwrap();
 
     // A drive-by commenter asks for a run: the rule refuses, and the function answers
     // that on the issue, if the webhook reaches it.
