@@ -918,3 +918,183 @@ fn metric_cardinality_stays_fixed_while_a_thousand_jobs_run() {
     );
     eprintln!("{} series before and after 1,000 jobs", after.len());
 }
+
+/// A local Lambda Runtime API (the documented `/2018-06-01/runtime/invocation/...`
+/// protocol) with one invocation to hand out: later `next` calls are held open, as when
+/// Lambda freezes the environment between invocations. Returns its address and what the
+/// function answered (path, body).
+/// What the function sent back to the runtime API: (path, body) per request.
+type Answers = Arc<Mutex<Vec<(String, String)>>>;
+
+fn lambda_runtime_api(event: serde_json::Value) -> (String, Answers) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    let pending = Arc::new(Mutex::new(Some(event.to_string())));
+    let keep = answers.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let (keep, pending) = (keep.clone(), pending.clone());
+            std::thread::spawn(move || serve_runtime_api(conn, &keep, &pending));
+        }
+    });
+    (addr, answers)
+}
+
+fn serve_runtime_api(
+    conn: TcpStream,
+    answers: &Mutex<Vec<(String, String)>>,
+    pending: &Mutex<Option<String>>,
+) {
+    let mut r = BufReader::new(conn.try_clone().unwrap());
+    let mut w = conn;
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+        let (mut len, mut chunked) = (0usize, false);
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                match k.to_ascii_lowercase().as_str() {
+                    "content-length" => len = v.trim().parse().unwrap_or(0),
+                    "transfer-encoding" => chunked = v.trim().eq_ignore_ascii_case("chunked"),
+                    _ => {}
+                }
+            }
+        }
+        let mut body = Vec::new();
+        if chunked {
+            loop {
+                let mut size = String::new();
+                r.read_line(&mut size).unwrap();
+                let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16).unwrap_or(0);
+                let mut chunk = vec![0; n + 2];
+                r.read_exact(&mut chunk).unwrap();
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            }
+        } else {
+            body.resize(len, 0);
+            r.read_exact(&mut body).unwrap();
+        }
+        if path == "/2018-06-01/runtime/invocation/next" {
+            let Some(event) = pending.lock().unwrap().take() else {
+                // The environment is "frozen": no further invocation.
+                std::thread::sleep(Duration::from_secs(3600));
+                return;
+            };
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 lambda-runtime-aws-request-id: req-1\r\nlambda-runtime-deadline-ms: 9999999999999\r\n\
+                 lambda-runtime-invoked-function-arn: arn:aws:lambda:us-east-1:123456789012:function:ingest\r\n\r\n",
+                event.len()
+            );
+            let _ = w.write_all(head.as_bytes());
+            let _ = w.write_all(event.as_bytes());
+            continue;
+        }
+        answers
+            .lock()
+            .unwrap()
+            .push((path, String::from_utf8_lossy(&body).into_owned()));
+        let _ = w.write_all(
+            b"HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}",
+        );
+    }
+}
+
+#[test]
+fn serve_under_lambda_exports_an_invocations_spans_before_the_next_one() {
+    // A pipeline for the topology; the Lambda process below is the only one exporting.
+    let dev = start_dev(&[], &[]);
+    let (otlp, spans) = otlp_receiver();
+    let trace_id = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let body = String::from_utf8(comment_payload("/trace from lambda")).unwrap();
+    let event = serde_json::json!({
+        "version": "2.0", "routeKey": "$default", "rawPath": "/webhooks/github", "rawQueryString": "",
+        "headers": {
+            "x-github-event": "issue_comment", "x-github-delivery": uuid_like(),
+            "content-type": "application/json",
+            "traceparent": format!("00-{trace_id}-00f067aa0ba902b7-01")
+        },
+        "requestContext": {
+            "accountId": "123456789012", "apiId": "api", "domainName": "x.execute-api.us-east-1.amazonaws.com",
+            "domainPrefix": "x", "requestId": "r-1", "routeKey": "$default", "stage": "$default",
+            "time": "01/Jan/2026:00:00:00 +0000", "timeEpoch": 1767225600000u64,
+            "http": {"method": "POST", "path": "/webhooks/github", "protocol": "HTTP/1.1",
+                     "sourceIp": "192.0.2.1", "userAgent": "GitHub-Hookshot/1"}
+        },
+        "body": body, "isBase64Encoded": false
+    });
+    let (api, answers) = lambda_runtime_api(event);
+    let mut child = Command::new(BIN)
+        .args(["serve", "--insecure-dev"])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("JETRUN_NATS_URL", &dev.nats)
+        .env("AWS_LAMBDA_RUNTIME_API", &api)
+        .env("AWS_LAMBDA_FUNCTION_NAME", "ingest")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+        .env("AWS_REGION", "us-east-1")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp)
+        // The batch would wait ten minutes: only the end-of-invocation flush exports.
+        .env("OTEL_BSP_SCHEDULE_DELAY", "600000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let answer = loop {
+        if let Some(a) = answers.lock().unwrap().first().cloned() {
+            break a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the function never answered its invocation"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(
+        answer.0, "/2018-06-01/runtime/invocation/req-1/response",
+        "{answer:?}"
+    );
+    let answer: serde_json::Value = serde_json::from_str(&answer.1).unwrap();
+    assert_eq!(answer["statusCode"], 202, "{answer}");
+
+    // The process now waits for an invocation that does not come (frozen, on Lambda):
+    // the webhook's spans must already be on their way, in the caller's trace.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got: Vec<Got> = spans.lock().unwrap().clone();
+        let ours: Vec<&Got> = got.iter().filter(|s| s.trace_id == trace_id).collect();
+        if !ours.is_empty() {
+            assert!(
+                ours.iter().any(|s| s.parent == "00f067aa0ba902b7"),
+                "the webhook's span is the caller's child: {ours:#?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no span of the invocation exported while the function waits for the next: {got:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -182,6 +182,8 @@ pub struct ConsumerHost {
     publisher: EventPublisher,
     names: Names,
     config: HostConfig,
+    /// `process <origin>`, the spans' name, made once.
+    span_name: String,
 }
 
 impl ConsumerHost {
@@ -205,6 +207,7 @@ impl ConsumerHost {
             consumer: c,
             publisher: EventPublisher::new(js.clone(), format!("/jetrun/{}", config.origin)),
             names: names.clone(),
+            span_name: format!("process {}", config.origin),
             config,
         })
     }
@@ -308,30 +311,28 @@ impl ConsumerHost {
                 header: jetrun_core::envelope::H_ID,
             })
             .and_then(jetrun_nats::events::from_header_map);
-        let (ce_id, ce_type, ce_subject, traceparent, tracestate) = match &envelope {
-            Ok(e) => (
-                e.id.clone(),
-                e.ty.clone(),
-                e.subject.clone(),
-                e.traceparent.clone(),
-                e.tracestate.clone(),
-            ),
-            Err(_) => (String::new(), String::new(), None, None, None),
-        };
+        let e = envelope.as_ref().ok();
+        let ce_id = e.map_or("", |e| e.id.as_str());
+        let ce_type = e.map_or("", |e| e.ty.as_str());
+        let ce_subject = e.and_then(|e| e.subject.as_deref());
+        let traceparent = e.and_then(|e| e.traceparent.as_deref());
+        let tracestate = e.and_then(|e| e.tracestate.as_deref());
         let (queue, job_id) = job_of_subject(&msg.subject);
         let span = info_span!(
             "message",
             otel.kind = "consumer",
-            otel.name = %format!("process {}", self.config.origin),
+            // Strings as values, not `%`-formatted: the OpenTelemetry layer formats every
+            // `Display` value into a new string, on every message.
+            otel.name = self.span_name.as_str(),
             messaging.system = "nats",
-            messaging.destination.name = %msg.subject,
+            messaging.destination.name = msg.subject.as_str(),
             messaging.operation.type = "process",
             messaging.operation.name = "process",
-            messaging.message.id = %ce_id,
-            messaging.consumer.group.name = %self.config.origin,
+            messaging.message.id = ce_id,
+            messaging.consumer.group.name = self.config.origin.as_str(),
             messaging.nats.stream_sequence = stream_seq,
             messaging.message.delivery_count = delivered,
-            cloudevents.event_type = %ce_type,
+            cloudevents.event_type = ce_type,
             // For logs, which cannot read the span's own context: exported spans carry
             // it anyway (one attribute). The other names above are the logs' fields too:
             // short aliases of them doubled every exported span's attributes.
@@ -347,17 +348,18 @@ impl ConsumerHost {
             span.record("jetrun.queue", q);
         }
         let is_job_event = ce_type.contains(".job.") || ce_type.contains(".task.");
-        if let Some(id) = job_id.or(ce_subject.as_deref().filter(|_| is_job_event)) {
+        if let Some(id) = job_id.or(ce_subject.filter(|_| is_job_event)) {
             span.record("jetrun.job_id", id);
         }
         // This span continues the producer's trace; a missing or invalid traceparent
         // starts a new one.
-        jetrun_telemetry::link_remote(&span, traceparent.as_deref(), tracestate.as_deref());
-        let trace_id = span
-            .in_scope(jetrun_telemetry::current_context)
-            .map(|c| c.traceparent)
-            .or(traceparent)
-            .and_then(|t| jetrun_telemetry::TraceParent::parse(&t))
+        let linked = jetrun_telemetry::link_remote(&span, traceparent, tracestate);
+        // Linked, the span is in the incoming trace; else it started one of its own (or
+        // nothing is exported, and the logs name the incoming trace).
+        let incoming = traceparent.and_then(jetrun_telemetry::TraceParent::parse);
+        let trace_id = if linked { incoming } else { None }
+            .or_else(|| span.in_scope(jetrun_telemetry::current_context).map(|c| c.parent))
+            .or(incoming)
             .map(|t| t.trace_id_hex());
         if let Some(t) = trace_id {
             span.record("trace_id", t.as_str());

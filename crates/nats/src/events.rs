@@ -92,26 +92,18 @@ pub fn to_header_map(env: &Envelope) -> HeaderMap {
 fn header_map_with(env: &Envelope, trace: Option<jetrun_telemetry::TraceContext>) -> HeaderMap {
     let mut h = HeaderMap::new();
     for (k, v) in env.to_headers() {
-        if k == envelope::H_TRACEPARENT || k == envelope::H_TRACESTATE {
+        // With a context decided, it replaces the envelope's. Without one (none valid,
+        // none current), what the envelope had is passed on (never worse than before):
+        // the consumer starts a new trace if it is invalid.
+        if trace.is_some() && (k == envelope::H_TRACEPARENT || k == envelope::H_TRACESTATE) {
             continue;
         }
         insert_header(&mut h, &k, &v);
     }
-    match trace {
-        Some(t) => {
-            insert_header(&mut h, envelope::H_TRACEPARENT, &t.traceparent);
-            if let Some(ts) = &t.tracestate {
-                insert_header(&mut h, envelope::H_TRACESTATE, ts);
-            }
-        }
-        // No valid context and none current: pass on what the envelope had (never
-        // worse than before), the consumer starts a new trace if it is invalid.
-        None => {
-            for (k, v) in env.to_headers() {
-                if k == envelope::H_TRACEPARENT || k == envelope::H_TRACESTATE {
-                    insert_header(&mut h, &k, &v);
-                }
-            }
+    if let Some(t) = trace {
+        insert_header(&mut h, envelope::H_TRACEPARENT, &t.traceparent);
+        if let Some(ts) = &t.tracestate {
+            insert_header(&mut h, envelope::H_TRACESTATE, ts);
         }
     }
     h
@@ -122,17 +114,22 @@ fn header_map_with(env: &Envelope, trace: Option<jetrun_telemetry::TraceContext>
 /// `tracestate`, and an invalid `tracestate` alone is dropped: the message is read and
 /// its span starts a new trace, it is not refused.
 pub fn from_header_map(h: &HeaderMap) -> Result<Envelope, EnvelopeError> {
-    let names: Vec<String> = h.iter().map(|(k, _)| k.to_string()).collect();
-    let raw = |name: &str| {
-        h.iter()
-            .find(|(k, _)| k.to_string().eq_ignore_ascii_case(name))
-            .and_then(|(_, v)| v.first())
-            .map(|v| v.as_str().to_string())
+    // Names and values borrowed from the map: a message's headers are read for every
+    // delivery, and each lookup used to allocate a string per header it compared.
+    let entries: Vec<(&str, Option<&str>)> = h
+        .iter()
+        .map(|(k, v)| (k.as_ref(), v.first().map(|v| v.as_str())))
+        .collect();
+    let find = |name: &str| {
+        entries
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| *v)
     };
+    let raw = |name: &str| find(name).map(str::to_string);
     let tp_ok =
-        raw(envelope::H_TRACEPARENT).is_some_and(|t| jetrun_telemetry::TraceParent::parse(&t).is_some());
-    let ts_ok =
-        tp_ok && raw(envelope::H_TRACESTATE).is_some_and(|t| jetrun_telemetry::w3c::valid_tracestate(&t));
+        find(envelope::H_TRACEPARENT).is_some_and(|t| jetrun_telemetry::TraceParent::parse(t).is_some());
+    let ts_ok = tp_ok && find(envelope::H_TRACESTATE).is_some_and(jetrun_telemetry::w3c::valid_tracestate);
     Envelope::from_headers(
         |name| {
             if name.eq_ignore_ascii_case(envelope::H_TRACEPARENT) && !tp_ok {
@@ -143,7 +140,7 @@ pub fn from_header_map(h: &HeaderMap) -> Result<Envelope, EnvelopeError> {
             }
             raw(name)
         },
-        names.iter().map(String::as_str),
+        entries.iter().map(|(k, _)| *k),
     )
 }
 
@@ -159,13 +156,14 @@ fn job_of_subject(subject: &str) -> (Option<&str>, Option<&str>) {
     }
 }
 
-/// The span name's destination: the subject without its job id (bounded names).
-fn destination_template(subject: &str) -> String {
+/// `prefix` and the span name's destination: the subject without its job id (bounded
+/// names).
+fn destination_template(prefix: &str, subject: &str) -> String {
     let t: Vec<&str> = subject.split('.').collect();
     match t.as_slice() {
-        [p, "job", k, q, _, ..] => format!("{p}.job.{k}.{q}.{{job_id}}"),
-        [p, "task", ph, _] => format!("{p}.task.{ph}.{{job_id}}"),
-        _ => subject.to_string(),
+        [p, "job", k, q, _, ..] => format!("{prefix}{p}.job.{k}.{q}.{{job_id}}"),
+        [p, "task", ph, _] => format!("{prefix}{p}.task.{ph}.{{job_id}}"),
+        _ => format!("{prefix}{subject}"),
     }
 }
 
@@ -219,12 +217,17 @@ fn observe(span: &tracing::Span, env: &Envelope, body: &[u8]) {
         let Ok(c) = serde_json::from_slice::<ChangeView>(body) else {
             return;
         };
-        span.record("jetrun.queue", c.queue.as_str());
-        span.record("jetrun.attempt", c.attempt);
-        span.record(
-            "jetrun.tenant",
-            c.record.spec.tenant.as_deref().unwrap_or("default"),
-        );
+        /// The job's fields are on the span (its first state change put them there).
+        #[derive(Default)]
+        struct JobFields;
+        if jetrun_telemetry::mark_once::<JobFields>(span) {
+            span.record("jetrun.queue", c.queue.as_str());
+            span.record("jetrun.attempt", c.attempt);
+            span.record(
+                "jetrun.tenant",
+                c.record.spec.tenant.as_deref().unwrap_or("default"),
+            );
+        }
         // The callback copy of a terminal change is the same transition.
         if env.id.ends_with(".callback") {
             return;
@@ -342,15 +345,19 @@ impl EventPublisher {
             .map_err(|e| PublishError::caused(PublishErrorKind::Invalid, subject.clone(), e))?;
         // The current span's context, read once: for the check and for the headers.
         let current = jetrun_telemetry::current_context();
-        let trace_id = |tp: &str| jetrun_telemetry::TraceParent::parse(tp).map(|p| p.trace_id);
-        let same_trace = env.traceparent.as_deref().is_none_or(|tp| {
-            let ours = current.as_ref().and_then(|c| trace_id(&c.traceparent));
-            ours.is_some() && ours == trace_id(tp)
-        });
+        // The job's fields go on the current span unless it is another trace's (a sweep
+        // acting for the job: metrics only). With no context to compare (spans not
+        // exported) they go on it too, so the logs carry the same fields either way; a
+        // span that does not declare them (a sweep's) ignores them.
+        let same_trace = match (env.traceparent.as_deref(), &current) {
+            (Some(tp), Some(c)) => {
+                jetrun_telemetry::TraceParent::parse(tp).is_some_and(|p| p.trace_id == c.trace_id())
+            }
+            _ => true,
+        };
         if same_trace {
             observe(&tracing::Span::current(), env, &body);
         } else {
-            // Metrics only: the current span is another trace's (a sweep acting for the job).
             observe(&tracing::Span::none(), env, &body);
         }
         let trace =
@@ -374,16 +381,19 @@ impl EventPublisher {
         env.validate()
             .map_err(|e| PublishError::caused(PublishErrorKind::Invalid, subject.clone(), e))?;
         let (queue, job_id) = job_of_subject(&subject);
+        let name = destination_template("send ", &subject);
+        // Strings as values, not `%`-formatted: the OpenTelemetry layer formats every
+        // `Display` value into a new string.
         let span = tracing::info_span!(
             "publish",
             otel.kind = "producer",
-            otel.name = %format!("send {}", destination_template(&subject)),
+            otel.name = name.as_str(),
             messaging.system = "nats",
-            messaging.destination.name = %subject,
+            messaging.destination.name = subject.as_str(),
             messaging.operation.type = "send",
             messaging.operation.name = "publish",
-            messaging.message.id = %env.id,
-            cloudevents.event_type = %env.ty,
+            messaging.message.id = env.id.as_str(),
+            cloudevents.event_type = env.ty.as_str(),
             jetrun.job_id = tracing::field::Empty,
             jetrun.queue = tracing::field::Empty,
             jetrun.attempt = tracing::field::Empty,
@@ -396,11 +406,11 @@ impl EventPublisher {
             span.record("jetrun.job_id", id);
         }
         // A background loop publishing for a job of another trace: continue the job's.
-        if let Some(t) = jetrun_telemetry::outgoing(env.traceparent.as_deref(), env.tracestate.as_deref())
-            && jetrun_telemetry::current_context().is_none_or(|c| {
-                jetrun_telemetry::TraceParent::parse(&c.traceparent).map(|p| p.trace_id)
-                    != jetrun_telemetry::TraceParent::parse(&t.traceparent).map(|p| p.trace_id)
-            })
+        let current = jetrun_telemetry::current_context();
+        let current_trace = current.as_ref().map(jetrun_telemetry::TraceContext::trace_id);
+        if let Some(t) =
+            jetrun_telemetry::outgoing_from(current, env.traceparent.as_deref(), env.tracestate.as_deref())
+            && current_trace != Some(t.trace_id())
         {
             jetrun_telemetry::link_remote(&span, Some(&t.traceparent), t.tracestate.as_deref());
         }

@@ -155,6 +155,24 @@ pub struct TraceContext {
     pub traceparent: String,
     /// `tracestate`, if any.
     pub tracestate: Option<String>,
+    /// `traceparent`, parsed: for comparing traces without parsing the header again.
+    pub parent: TraceParent,
+}
+
+impl TraceContext {
+    /// The context of `parent` (and a `tracestate`, kept only if non-empty).
+    pub fn new(parent: TraceParent, tracestate: Option<String>) -> Self {
+        Self {
+            traceparent: parent.to_header(),
+            tracestate: tracestate.filter(|t| !t.is_empty()),
+            parent,
+        }
+    }
+
+    /// The trace id.
+    pub fn trace_id(&self) -> [u8; 16] {
+        self.parent.trace_id
+    }
 }
 
 /// Makes `span` a child of the W3C `traceparent` (compatibility form of [`link_remote`]).
@@ -184,6 +202,29 @@ pub fn link_remote(span: &tracing::Span, traceparent: Option<&str>, tracestate: 
         let _ = (span, tp, ts);
         false
     }
+}
+
+/// Marks `span` with `M`; returns whether it was not marked before (also when the span
+/// is disabled or not in a registry: then there is nothing to repeat). For work done
+/// once per span: recording a job's fields on a span that sees several of its state
+/// changes (dispatch: claimed, then running), which would otherwise send each field to
+/// every layer, and export it, once per change.
+pub fn mark_once<M: Default + Send + Sync + 'static>(span: &tracing::Span) -> bool {
+    use tracing_subscriber::registry::LookupSpan;
+    let mut first = true;
+    span.with_subscriber(|(id, dispatch)| {
+        if let Some(registry) = dispatch.downcast_ref::<tracing_subscriber::Registry>()
+            && let Some(data) = registry.span(id)
+        {
+            let mut ext = data.extensions_mut();
+            if ext.get_mut::<M>().is_some() {
+                first = false;
+            } else {
+                ext.insert(M::default());
+            }
+        }
+    });
+    first
 }
 
 /// The W3C context of the current span, when spans are being recorded.
@@ -264,17 +305,13 @@ pub fn outgoing_from(
     let explicit = explicit.and_then(TraceParent::parse);
     match (current, explicit) {
         (Some(cur), None) => Some(cur),
-        (Some(cur), Some(e))
-            if TraceParent::parse(&cur.traceparent).is_some_and(|c| c.trace_id == e.trace_id) =>
-        {
-            Some(cur)
-        }
-        (_, Some(e)) => Some(TraceContext {
-            traceparent: e.to_string(),
-            tracestate: explicit_state
-                .filter(|t| !t.is_empty() && w3c::valid_tracestate(t))
+        (Some(cur), Some(e)) if cur.parent.trace_id == e.trace_id => Some(cur),
+        (_, Some(e)) => Some(TraceContext::new(
+            e,
+            explicit_state
+                .filter(|t| w3c::valid_tracestate(t))
                 .map(str::to_string),
-        }),
+        )),
         (None, None) => None,
     }
 }
@@ -409,16 +446,16 @@ mod otel {
         if !sc.is_valid() {
             return None;
         }
-        let state = sc.trace_state().header();
-        Some(crate::TraceContext {
-            traceparent: format!(
-                "00-{}-{}-{:02x}",
-                sc.trace_id(),
-                sc.span_id(),
-                sc.trace_flags().to_u8() & 1
-            ),
-            tracestate: (!state.is_empty()).then_some(state),
-        })
+        let parent = crate::TraceParent {
+            version: 0,
+            trace_id: sc.trace_id().to_bytes(),
+            parent_id: sc.span_id().to_bytes(),
+            flags: sc.trace_flags().to_u8() & 1,
+        };
+        let state = sc.trace_state();
+        // `header()` joins the members into a new string: only when there are some.
+        let state = (state != &TraceState::NONE).then(|| state.header());
+        Some(crate::TraceContext::new(parent, state))
     }
 }
 
@@ -444,6 +481,24 @@ mod tests {
         );
         assert_eq!(head_ratio(config::Sampler::ParentBasedTraceIdRatio(0.25)), 0.25);
         assert_eq!(head_ratio(config::Sampler::ParentBasedAlwaysOn), 1.0);
+    }
+
+    #[test]
+    fn mark_once_is_true_once_per_span() {
+        #[derive(Default)]
+        struct M;
+        let subscriber = tracing_subscriber::registry();
+        tracing::subscriber::with_default(subscriber, || {
+            let a = tracing::info_span!("a");
+            let b = tracing::info_span!("b");
+            assert!(mark_once::<M>(&a));
+            assert!(!mark_once::<M>(&a), "a second time on the same span");
+            assert!(mark_once::<M>(&b), "another span");
+            assert!(
+                mark_once::<M>(&tracing::Span::none()),
+                "nothing to repeat on a disabled span"
+            );
+        });
     }
 
     #[test]

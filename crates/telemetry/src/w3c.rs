@@ -77,26 +77,43 @@ impl TraceParent {
     }
 }
 
+impl TraceParent {
+    /// The header value (always version 00), written without the formatting machinery:
+    /// it is built for every message published while spans are exported.
+    pub fn to_header(&self) -> String {
+        let mut b = [0u8; 55];
+        b[..3].copy_from_slice(b"00-");
+        hex_into(&self.trace_id, &mut b[3..35]);
+        b[35] = b'-';
+        hex_into(&self.parent_id, &mut b[36..52]);
+        b[52] = b'-';
+        hex_into(&[self.flags], &mut b[53..55]);
+        // Only ASCII hex digits and dashes were written: never lossy.
+        String::from_utf8_lossy(&b).into_owned()
+    }
+}
+
 impl fmt::Display for TraceParent {
     /// Always written as version 00 (what this implementation speaks).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{}-{}-{:02x}",
-            hex(&self.trace_id),
-            hex(&self.parent_id),
-            self.flags
-        )
+        f.write_str(&self.to_header())
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Writes `bytes` as lowercase hex into `out` (twice as long).
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 0xf)];
     }
 }
 
 fn hex(bytes: &[u8]) -> String {
-    use fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
+    let mut out = vec![0u8; bytes.len() * 2];
+    hex_into(bytes, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Two lowercase hex digits; uppercase is refused.
@@ -181,6 +198,9 @@ mod tests {
         assert_eq!(tp.parent_id_hex(), "00f067aa0ba902b7");
         assert!(tp.sampled());
         assert_eq!(tp.to_string(), GOOD);
+        assert_eq!(tp.to_header(), GOOD);
+        let flags = TraceParent { flags: 0, ..tp };
+        assert!(flags.to_header().ends_with("-00") && !flags.sampled());
     }
 
     #[test]

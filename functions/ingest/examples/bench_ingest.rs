@@ -81,7 +81,7 @@ fn report(name: &str, n: usize, elapsed: Duration, lat: &mut [Duration]) {
 fn main() {
     match obs::mode() {
         None => obs::compare("webhooks through ingest", "webhooks/s", "webhook", |l| {
-            l.starts_with("ingest:") || l.starts_with("ingest at")
+            l.starts_with("ingest:") || l.starts_with("ingest at") || l.starts_with("CPU per")
         }),
         Some(on) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -211,6 +211,9 @@ async fn bench(observability: bool) {
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let lat = Arc::new(Mutex::new(Vec::with_capacity(n)));
     let errors = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // CPU per webhook over the closed loop: this process (ingest and the 64 HTTP clients
+    // that load it) and its nats-server. The clients' share is the same in both modes.
+    let cpu = obs::Cpu::start();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..CLIENTS {
@@ -244,6 +247,7 @@ async fn bench(observability: bool) {
         t.await.unwrap();
     }
     let elapsed = start.elapsed();
+    cpu.report(n as u64, "webhook");
     let ingest_rate = n as f64 / elapsed.as_secs_f64();
     report(
         "ingest: HTTP+HMAC+schema+dedupe+publish+ack",
