@@ -227,9 +227,12 @@ async fn logs_are_tailed_over_nats_and_followed_by_offset() {
     let dir = tempfile::tempdir().unwrap();
     let (ready, go) = (dir.path().join("ready"), dir.path().join("go"));
     let script = format!(
-        "echo a; echo b; echo c; echo oops >&2; touch {}; while [ ! -e {} ]; do sleep 0.02; done; echo d; echo e",
+        // The loop also ends when the test's directory is gone, so a test that ends
+        // before the script sees `go` leaves no process behind polling forever.
+        "echo a; echo b; echo c; echo oops >&2; touch {}; while [ ! -e {} ] && [ -d {} ]; do sleep 0.02; done; echo d; echo e",
         ready.display(),
-        go.display()
+        go.display(),
+        dir.path().display()
     );
     let sub = subscribe_exited(&r, "logs").await;
     run(&r, "logs", &script).await;
@@ -325,7 +328,12 @@ async fn logs_come_from_the_runner_even_without_log_files() {
     run(
         &r,
         "remote",
-        &format!("while [ ! -e {} ]; do sleep 0.02; done", go.display()),
+        // Ends when the directory is gone too (see the test above).
+        &format!(
+            "while [ ! -e {} ] && [ -d {} ]; do sleep 0.02; done",
+            go.display(),
+            dir.path().display()
+        ),
     )
     .await;
     let got = r.agent.logs(logs_req("remote", 2)).await;
