@@ -63,7 +63,12 @@ impl Agent {
             },
         );
         let inner = self.inner.clone();
-        let span = tracing::info_span!("task", job_id = %task.job_id, attempt = task.attempt, task_ref = %task.task_ref);
+        let span = tracing::info_span!(
+            "task",
+            job_id = task.job_id.as_str(),
+            attempt = i64::from(task.attempt),
+            task_ref = task.task_ref.as_str()
+        );
         self.inner.tracker.spawn(tracing::Instrument::instrument(
             async move { inner.supervise(task, rx).await },
             span,

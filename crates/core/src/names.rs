@@ -212,6 +212,11 @@ impl Names {
     pub fn consumer_dispatch(&self, queue: &str) -> String {
         format!("dispatch-{queue}")
     }
+    /// The queue whose dispatcher `consumer` is ([`Names::consumer_dispatch`] reversed),
+    /// or `None` for any other consumer.
+    pub fn queue_of_consumer<'a>(&self, consumer: &'a str) -> Option<&'a str> {
+        consumer.strip_prefix("dispatch-").filter(|q| !q.is_empty())
+    }
     /// Durable consumer of the router.
     pub fn consumer_route(&self) -> String {
         "route".to_string()
@@ -243,5 +248,15 @@ mod tests {
         assert_eq!(n.dlq("dispatch"), "staging-2.dlq.dispatch");
         assert!(Names::new("a.b").is_err());
         assert!(Names::new("").is_err());
+    }
+
+    #[test]
+    fn dispatch_consumer_names_map_back_to_their_queue() {
+        let n = Names::default();
+        let c = n.consumer_dispatch("gpu-large");
+        assert_eq!(n.queue_of_consumer(&c), Some("gpu-large"));
+        assert_eq!(n.queue_of_consumer(&n.consumer_settle()), None);
+        assert_eq!(n.queue_of_consumer(&n.consumer_route()), None);
+        assert_eq!(n.queue_of_consumer("dispatch-"), None);
     }
 }

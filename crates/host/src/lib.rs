@@ -330,8 +330,12 @@ impl ConsumerHost {
             messaging.operation.name = "process",
             messaging.message.id = ce_id,
             messaging.consumer.group.name = self.config.origin.as_str(),
-            messaging.nats.stream_sequence = stream_seq,
-            messaging.message.delivery_count = delivered,
+            // Integers as i64: the OpenTelemetry layer has no u64 form and formats one
+            // into a string attribute (an allocation, and the wrong type for the
+            // convention). The stream sequence is not on the span (an attribute on every
+            // message, read only when one fails): the failure logs and the dead letter
+            // carry it.
+            messaging.message.delivery_count = i64::try_from(delivered).unwrap_or(i64::MAX),
             cloudevents.event_type = ce_type,
             // For logs, which cannot read the span's own context: exported spans carry
             // it anyway (one attribute). The other names above are the logs' fields too:
@@ -353,10 +357,10 @@ impl ConsumerHost {
         }
         // This span continues the producer's trace; a missing or invalid traceparent
         // starts a new one.
-        let linked = jetrun_telemetry::link_remote(&span, traceparent, tracestate);
+        let incoming = traceparent.and_then(jetrun_telemetry::TraceParent::parse);
+        let linked = jetrun_telemetry::link_remote_parsed(&span, incoming, tracestate);
         // Linked, the span is in the incoming trace; else it started one of its own (or
         // nothing is exported, and the logs name the incoming trace).
-        let incoming = traceparent.and_then(jetrun_telemetry::TraceParent::parse);
         let trace_id = if linked { incoming } else { None }
             .or_else(|| span.in_scope(jetrun_telemetry::current_context).map(|c| c.parent))
             .or(incoming)
@@ -409,7 +413,7 @@ impl ConsumerHost {
             match outcome {
                 Ok(Ok(Ok(()))) => {
                     if let Err(e) = msg.ack().await {
-                        warn!(error = %e, "ack failed; the message will be redelivered");
+                        warn!(error = %e, stream_seq, "ack failed; the message will be redelivered");
                     }
                 }
                 Ok(Ok(Err(HandlerError::Retry { reason, delay }))) => {
@@ -421,7 +425,7 @@ impl ConsumerHost {
                     }
                 }
                 Ok(Ok(Err(HandlerError::Permanent { kind, reason }))) => {
-                    warn!(%kind, %reason, "permanent failure; dead-lettering");
+                    warn!(%kind, %reason, stream_seq, "permanent failure; dead-lettering");
                     self.dead_letter(&msg, &kind, &reason).await;
                 }
                 Ok(Err(panic)) => {
@@ -430,7 +434,7 @@ impl ConsumerHost {
                         .map(|s| s.to_string())
                         .or_else(|| panic.downcast_ref::<String>().cloned())
                         .unwrap_or_else(|| "panic".into());
-                    error!(panic = %what, delivered, "handler panicked");
+                    error!(panic = %what, delivered, stream_seq, "handler panicked");
                     if delivered >= self.config.max_panics {
                         self.dead_letter(
                             &msg,
@@ -450,7 +454,7 @@ impl ConsumerHost {
                     self.exhausted(&msg, delivered, &why).await;
                 }
                 Err(_) => {
-                    warn!(timeout = ?self.config.handler_timeout, "handler timed out; retrying");
+                    warn!(timeout = ?self.config.handler_timeout, stream_seq, "handler timed out; retrying");
                     let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
                 }
             }
@@ -642,12 +646,18 @@ pub async fn refresh_metrics(ctx: &Context) {
     );
     let read = async {
         let stream = ctx.js.get_stream(ctx.names.stream_jobs()).await.ok()?;
-        let queues = ctx.store.queues().await.ok()?;
-        let mut depths = Vec::with_capacity(queues.len());
-        for q in queues {
-            let Ok(info) = stream.consumer_info(ctx.names.consumer_dispatch(&q)).await else {
-                continue;
-            };
+        // The queues are the dispatch consumers, listed with their figures in one paged
+        // request: a scrape costs O(queues), not O(jobs in the index).
+        let mut consumers = stream.consumers();
+        let mut infos = Vec::new();
+        while let Some(info) = consumers.next().await {
+            let info = info.ok()?;
+            if let Some(q) = ctx.names.queue_of_consumer(&info.name) {
+                infos.push((q.to_string(), info));
+            }
+        }
+        let mut depths = Vec::with_capacity(infos.len());
+        for (q, info) in infos {
             let oldest = match stream
                 .direct_get_first_for_subject(ctx.names.job_submit(&q))
                 .await

@@ -222,7 +222,7 @@ fn observe(span: &tracing::Span, env: &Envelope, body: &[u8]) {
         struct JobFields;
         if jetrun_telemetry::mark_once::<JobFields>(span) {
             span.record("jetrun.queue", c.queue.as_str());
-            span.record("jetrun.attempt", c.attempt);
+            span.record("jetrun.attempt", i64::from(c.attempt));
             span.record(
                 "jetrun.tenant",
                 c.record.spec.tenant.as_deref().unwrap_or("default"),

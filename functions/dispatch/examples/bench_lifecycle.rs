@@ -46,6 +46,7 @@ fn main() {
         None => obs::compare("job lifecycle (NullRunner)", "jobs/s", "job", |l| {
             l.starts_with("lifecycle")
                 || l.starts_with("CPU per")
+                || l.starts_with("metrics:")
                 || l.starts_with("submit→running latency under")
         }),
         Some(on) => tokio::runtime::Builder::new_multi_thread()
@@ -331,6 +332,9 @@ async fn bench(observability: bool) {
     }
     println!("baseline raw KV put: {kv_rate:.0} puts/s ({puts} puts, {in_flight} in flight)");
     println!("ratio: one job costs {:.1} raw puts", kv_rate / rate.max(1e-9));
+    if observability {
+        obs::metrics_cost();
+    }
     obs::result(rate, kv_rate, (done + quiet.len()) as u64);
     shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(20), async {

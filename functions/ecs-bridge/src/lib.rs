@@ -246,7 +246,7 @@ impl Bridge {
             "ecs task state",
             otel.name = %format!("report ecs task {}", ev.phase.as_str()),
             jetrun.job_id = %ev.job_id,
-            jetrun.attempt = ev.attempt,
+            jetrun.attempt = i64::from(ev.attempt),
             jetrun.queue = %rec.queue,
             aws.ecs.task.arn = %ev.task_ref,
         );

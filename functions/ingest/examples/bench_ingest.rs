@@ -81,7 +81,10 @@ fn report(name: &str, n: usize, elapsed: Duration, lat: &mut [Duration]) {
 fn main() {
     match obs::mode() {
         None => obs::compare("webhooks through ingest", "webhooks/s", "webhook", |l| {
-            l.starts_with("ingest:") || l.starts_with("ingest at") || l.starts_with("CPU per")
+            l.starts_with("ingest:")
+                || l.starts_with("ingest at")
+                || l.starts_with("CPU per")
+                || l.starts_with("metrics:")
         }),
         Some(on) => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -301,6 +304,9 @@ async fn bench(observability: bool) {
         "  non-202 answers so far: {}",
         errors.load(std::sync::atomic::Ordering::Relaxed)
     );
+    if observability {
+        obs::metrics_cost();
+    }
     obs::result(ingest_rate, raw_rate, (n + total) as u64);
     shutdown.cancel();
 }

@@ -416,16 +416,18 @@ async fn trace_request(
         header(jetrun_core::envelope::H_TRACESTATE),
         header(github::H_EVENT),
     );
+    // Strings as values, not `%`-formatted (the OpenTelemetry layer formats a `Display`
+    // into a new string); no short aliases of these names (each one doubled an exported
+    // attribute).
+    let name = format!("{} {route}", req.method());
     let span = tracing::info_span!(
         "http",
         otel.kind = "server",
-        otel.name = %format!("{} {route}", req.method()),
-        http.request.method = %req.method(),
+        otel.name = name.as_str(),
+        http.request.method = req.method().as_str(),
         http.route = route,
-        url.path = %req.uri().path(),
+        url.path = req.uri().path(),
         http.response.status_code = tracing::field::Empty,
-        method = %req.method(),
-        path = %req.uri().path(),
         github.event = tracing::field::Empty,
     );
     jetrun_telemetry::link_remote(&span, traceparent.as_deref(), tracestate.as_deref());
@@ -443,7 +445,7 @@ async fn trace_request(
     let started = std::time::Instant::now();
     let mut resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
     let status = resp.status().as_u16();
-    span.record("http.response.status_code", status);
+    span.record("http.response.status_code", i64::from(status));
     jetrun_telemetry::metrics::http_request(route, status, started.elapsed());
     if let Some(e) = event {
         // A 200 answer says which (duplicate, ignored): read its small JSON body.

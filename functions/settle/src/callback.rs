@@ -236,7 +236,7 @@ impl Settle {
                     messaging.operation.name = "publish",
                     jetrun.job_id = %change.job_id,
                     jetrun.queue = %change.queue,
-                    jetrun.attempt = change.attempt,
+                    jetrun.attempt = i64::from(change.attempt),
                     jetrun.tenant = %tenant,
                 );
                 async {
@@ -283,7 +283,7 @@ impl Settle {
                     http.response.status_code = tracing::field::Empty,
                     jetrun.job_id = %change.job_id,
                     jetrun.queue = %change.queue,
-                    jetrun.attempt = change.attempt,
+                    jetrun.attempt = i64::from(change.attempt),
                     jetrun.tenant = %tenant,
                 );
                 self.post(&msg, &change.job_id, url).instrument(span).await
@@ -324,7 +324,7 @@ impl Settle {
             span.record("server.address", h);
         }
         if let Some(p) = url.port_or_known_default() {
-            span.record("server.port", p);
+            span.record("server.port", i64::from(p));
         }
         let mut request = client
             .post(url)
@@ -384,7 +384,7 @@ impl Settle {
             }
             Ok(Ok(x)) => x,
         };
-        span.record("http.response.status_code", status.as_u16());
+        span.record("http.response.status_code", i64::from(status.as_u16()));
         if status.is_success() {
             debug!(job_id, status = %status, "callback delivered");
             return Ok(());

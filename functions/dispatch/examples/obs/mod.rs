@@ -324,6 +324,34 @@ impl Cpu {
     }
 }
 
+/// With metrics on, what one scrape's rendering and one EMF frame cost in this process,
+/// with the registry as the run left it (each happens once per [`SCRAPE_EVERY`]; the
+/// scrape's NATS reads are not included). Printed after the measured phase.
+pub fn metrics_cost() {
+    if !metrics_on() {
+        return;
+    }
+    let n = 20;
+    let t = std::time::Instant::now();
+    let mut bytes = 0;
+    for _ in 0..n {
+        bytes = std::hint::black_box(jetrun_telemetry::metrics::render()).len();
+    }
+    let scrape = t.elapsed() / n;
+    let t = std::time::Instant::now();
+    let mut lines = 0;
+    for _ in 0..n {
+        let text = jetrun_telemetry::metrics::render_openmetrics();
+        lines = std::hint::black_box(jetrun_telemetry::emf::frame(&text, 0)).len();
+    }
+    let emf = t.elapsed() / n;
+    println!(
+        "metrics: one scrape renders {bytes} bytes in {:.0} µs; one EMF frame is {lines} lines in {:.0} µs",
+        scrape.as_secs_f64() * 1e6,
+        emf.as_secs_f64() * 1e6
+    );
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
