@@ -255,7 +255,10 @@ rules:
     // The scrape lists the JOBS stream's consumers as ingest: the queue's depth is there.
     let resp = http(http_addr, "GET", "/metrics", &[], "");
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    assert!(resp.contains("jetrun_queue_pending{queue=\"default\"} 0"), "{resp}");
+    assert!(
+        resp.contains("jetrun_queue_pending{queue=\"default\"} 0"),
+        "{resp}"
+    );
 
     // With a worker: admitted by the job-control service (201, visible at once).
     let resp = http(

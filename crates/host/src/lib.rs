@@ -649,15 +649,13 @@ pub async fn refresh_metrics(ctx: &Context) {
         // The queues are the dispatch consumers, listed with their figures in one paged
         // request: a scrape costs O(queues), not O(jobs in the index).
         let mut consumers = stream.consumers();
-        let mut infos = Vec::new();
+        let mut depths = Vec::new();
         while let Some(info) = consumers.next().await {
             let info = info.ok()?;
-            if let Some(q) = ctx.names.queue_of_consumer(&info.name) {
-                infos.push((q.to_string(), info));
-            }
-        }
-        let mut depths = Vec::with_capacity(infos.len());
-        for (q, info) in infos {
+            let Some(q) = ctx.names.queue_of_consumer(&info.name) else {
+                continue;
+            };
+            let q = q.to_string();
             let oldest = match stream
                 .direct_get_first_for_subject(ctx.names.job_submit(&q))
                 .await

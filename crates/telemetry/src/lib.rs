@@ -395,34 +395,27 @@ mod otel {
             .build();
         let _ = super::HEAD_RATIO.set(super::head_ratio(cfg.sampler));
         let builder = opentelemetry_sdk::trace::SdkTracerProvider::builder();
-        let builder = match cfg.protocol {
+        let built = match cfg.protocol {
             // jetrun's own encoder (crate::otlp): the same bytes, a third of the CPU.
             Protocol::HttpProtobuf => {
-                match crate::otlp::ProtoExporter::new(cfg.traces_endpoint.clone(), &cfg.headers, cfg.timeout)
-                {
-                    Ok(e) => builder.with_batch_exporter(e),
-                    Err(e) => {
-                        eprintln!("OpenTelemetry export disabled: cannot build the OTLP exporter: {e}");
-                        return None;
-                    }
-                }
+                crate::otlp::ProtoExporter::new(cfg.traces_endpoint.clone(), &cfg.headers, cfg.timeout)
+                    .map(|e| builder.with_batch_exporter(e))
             }
-            Protocol::HttpJson => {
-                let headers: HashMap<String, String> = cfg.headers.iter().cloned().collect();
-                match opentelemetry_otlp::SpanExporter::builder()
-                    .with_http()
-                    .with_endpoint(cfg.traces_endpoint.clone())
-                    .with_protocol(opentelemetry_otlp::Protocol::HttpJson)
-                    .with_timeout(cfg.timeout)
-                    .with_headers(headers)
-                    .build()
-                {
-                    Ok(e) => builder.with_batch_exporter(e),
-                    Err(e) => {
-                        eprintln!("OpenTelemetry export disabled: cannot build the OTLP exporter: {e}");
-                        return None;
-                    }
-                }
+            Protocol::HttpJson => opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_endpoint(cfg.traces_endpoint.clone())
+                .with_protocol(opentelemetry_otlp::Protocol::HttpJson)
+                .with_timeout(cfg.timeout)
+                .with_headers(cfg.headers.iter().cloned().collect::<HashMap<_, _>>())
+                .build()
+                .map(|e| builder.with_batch_exporter(e))
+                .map_err(|e| e.to_string()),
+        };
+        let builder = match built {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("OpenTelemetry export disabled: cannot build the OTLP exporter: {e}");
+                return None;
             }
         };
         let provider = builder.with_sampler(sampler).with_resource(resource).build();
