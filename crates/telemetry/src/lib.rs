@@ -5,8 +5,10 @@
 //! - **Logs**: `tracing` with key-value fields, as text or JSON lines on stderr, filtered
 //!   by `RUST_LOG` (default `info,async_nats=warn`).
 //! - **Traces**: with the `otel` cargo feature (on in the `jetrun` binary by default) and
-//!   an OTLP endpoint in the standard `OTEL_*` variables ([`config`]), spans are exported
-//!   over OTLP/HTTP (protobuf encoded by jetrun's own exporter, `otlp`, the same bytes
+//!   an OTLP endpoint in the standard `OTEL_*` variables ([`config`]), spans are built by
+//!   jetrun's own `tracing` layer (`spans`: ids and sampling decided once per span) and
+//!   exported through the SDK's batch processor over OTLP/HTTP (protobuf encoded by
+//!   jetrun's own exporter, `otlp`, the same bytes
 //!   as the upstream one at a fraction of the CPU; JSON by the upstream exporter).
 //!   Context travels as W3C `traceparent`/`tracestate` ([`w3c`]): a
 //!   consumer's span is made a child of the message's context ([`link_remote`]) and every
@@ -27,6 +29,8 @@ pub mod emf;
 pub mod metrics;
 #[cfg(feature = "otel")]
 mod otlp;
+#[cfg(feature = "otel")]
+mod spans;
 pub mod w3c;
 pub mod xray;
 
@@ -37,7 +41,7 @@ pub use w3c::TraceParent;
 #[derive(Debug, Default)]
 pub struct Guard {
     #[cfg(feature = "otel")]
-    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+    provider: Option<std::sync::Arc<opentelemetry_sdk::trace::BatchSpanProcessor>>,
 }
 
 impl Guard {
@@ -58,6 +62,7 @@ impl Drop for Guard {
     fn drop(&mut self) {
         #[cfg(feature = "otel")]
         if let Some(p) = self.provider.take() {
+            use opentelemetry_sdk::trace::SpanProcessor;
             let _ = p.force_flush();
             let _ = p.shutdown();
         }
@@ -142,8 +147,8 @@ pub fn init_with(format: &str, otel_config: Option<OtelConfig>) -> Guard {
 /// environment.
 pub fn flush() {
     #[cfg(feature = "otel")]
-    if let Some(p) = otel::PROVIDER.get()
-        && let Err(e) = p.force_flush()
+    if let Some(p) = otel::PROCESSOR.get()
+        && let Err(e) = opentelemetry_sdk::trace::SpanProcessor::force_flush(p.as_ref())
     {
         tracing::debug!(error = %e, "span flush failed");
     }
@@ -345,42 +350,22 @@ pub fn exporting() -> bool {
 #[cfg(feature = "otel")]
 mod otel {
     use std::collections::HashMap;
-    use std::str::FromStr;
+    use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    use opentelemetry::trace::{
-        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider,
-    };
-    use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
-    use opentelemetry_sdk::trace::Sampler as SdkSampler;
-    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    use opentelemetry_sdk::trace::{BatchSpanProcessor, SpanExporter, SpanProcessor};
 
     use crate::config::{OtelConfig, Protocol, Sampler};
+    use crate::spans::SpanLayer;
 
     pub(super) static EXPORTING: AtomicBool = AtomicBool::new(false);
-    /// The provider of the installed layer, for [`super::flush`] (a clone: the
-    /// [`super::Guard`] still shuts it down).
-    pub(super) static PROVIDER: std::sync::OnceLock<opentelemetry_sdk::trace::SdkTracerProvider> =
-        std::sync::OnceLock::new();
+    /// The batch processor of the installed layer, for [`super::flush`] (the
+    /// [`super::Guard`] shuts it down).
+    pub(super) static PROCESSOR: std::sync::OnceLock<Arc<BatchSpanProcessor>> = std::sync::OnceLock::new();
+    /// The installed layer's sampler, for [`link`] (the default until one is installed).
+    static SAMPLER: std::sync::OnceLock<Sampler> = std::sync::OnceLock::new();
 
-    pub(super) fn layer<S>(
-        cfg: &OtelConfig,
-    ) -> Option<(
-        tracing_opentelemetry::OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>,
-        opentelemetry_sdk::trace::SdkTracerProvider,
-    )>
-    where
-        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
-    {
-        let ratio = |r: f64| SdkSampler::TraceIdRatioBased(r);
-        let sampler = match cfg.sampler {
-            Sampler::AlwaysOn => SdkSampler::AlwaysOn,
-            Sampler::AlwaysOff => SdkSampler::AlwaysOff,
-            Sampler::TraceIdRatio(r) => ratio(r),
-            Sampler::ParentBasedAlwaysOn => SdkSampler::ParentBased(Box::new(SdkSampler::AlwaysOn)),
-            Sampler::ParentBasedAlwaysOff => SdkSampler::ParentBased(Box::new(SdkSampler::AlwaysOff)),
-            Sampler::ParentBasedTraceIdRatio(r) => SdkSampler::ParentBased(Box::new(ratio(r))),
-        };
+    pub(super) fn layer(cfg: &OtelConfig) -> Option<(SpanLayer, Arc<BatchSpanProcessor>)> {
         let resource = opentelemetry_sdk::Resource::builder_empty()
             .with_service_name(cfg.service_name.clone())
             .with_attributes(
@@ -393,85 +378,56 @@ mod otel {
                 env!("CARGO_PKG_VERSION"),
             ))
             .build();
-        let _ = super::HEAD_RATIO.set(super::head_ratio(cfg.sampler));
-        let builder = opentelemetry_sdk::trace::SdkTracerProvider::builder();
-        let built = match cfg.protocol {
+        let processor = match cfg.protocol {
             // jetrun's own encoder (crate::otlp): the same bytes, a third of the CPU.
             Protocol::HttpProtobuf => {
                 crate::otlp::ProtoExporter::new(cfg.traces_endpoint.clone(), &cfg.headers, cfg.timeout)
-                    .map(|e| builder.with_batch_exporter(e))
+                    .map(|e| batch(e, &resource))
             }
-            Protocol::HttpJson => opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_endpoint(cfg.traces_endpoint.clone())
-                .with_protocol(opentelemetry_otlp::Protocol::HttpJson)
-                .with_timeout(cfg.timeout)
-                .with_headers(cfg.headers.iter().cloned().collect::<HashMap<_, _>>())
-                .build()
-                .map(|e| builder.with_batch_exporter(e))
-                .map_err(|e| e.to_string()),
+            Protocol::HttpJson => {
+                use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
+                opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .with_endpoint(cfg.traces_endpoint.clone())
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpJson)
+                    .with_timeout(cfg.timeout)
+                    .with_headers(cfg.headers.iter().cloned().collect::<HashMap<_, _>>())
+                    .build()
+                    .map(|e| batch(e, &resource))
+                    .map_err(|e| e.to_string())
+            }
         };
-        let builder = match built {
-            Ok(b) => b,
+        let processor = match processor {
+            Ok(p) => Arc::new(p),
             Err(e) => {
                 eprintln!("OpenTelemetry export disabled: cannot build the OTLP exporter: {e}");
                 return None;
             }
         };
-        let provider = builder.with_sampler(sampler).with_resource(resource).build();
-        let _ = PROVIDER.set(provider.clone());
-        let tracer = provider.tracer("jetrun");
+        let _ = super::HEAD_RATIO.set(super::head_ratio(cfg.sampler));
+        let _ = SAMPLER.set(cfg.sampler);
+        let _ = PROCESSOR.set(processor.clone());
         EXPORTING.store(true, Ordering::Relaxed);
-        // What the layer adds by default and nothing here reads, at a cost on every span
-        // (and every poll of an instrumented future): busy/idle timings (two clock reads
-        // per enter/exit), the OTel context attached on each enter (jetrun reads a span's
-        // context from the span itself, `OpenTelemetrySpanExt::context`), the thread's
-        // name (an allocation per span), `target` and the source location (three more
-        // attributes on every exported span; the span name and `otel.name` say where it
-        // comes from). Measured in docs/benchmarks.md, "Cost of observability".
-        let layer = tracing_opentelemetry::layer()
-            .with_tracer(tracer)
-            .with_tracked_inactivity(false)
-            .with_context_activation(false)
-            .with_threads(false)
-            .with_target(false)
-            .with_location(false);
-        Some((layer, provider))
+        Some((SpanLayer::new(cfg.sampler, processor.clone()), processor))
+    }
+
+    /// The SDK's batch processor (its `OTEL_BSP_*` settings) over `exporter`.
+    fn batch<E: SpanExporter + 'static>(
+        exporter: E,
+        resource: &opentelemetry_sdk::Resource,
+    ) -> BatchSpanProcessor {
+        let mut p = BatchSpanProcessor::builder(exporter).build();
+        p.set_resource(resource);
+        p
     }
 
     pub(super) fn link(span: &tracing::Span, tp: &crate::TraceParent, ts: Option<&str>) -> bool {
-        let state = ts.and_then(|t| TraceState::from_str(t).ok()).unwrap_or_default();
-        let sc = SpanContext::new(
-            TraceId::from_bytes(tp.trace_id),
-            SpanId::from_bytes(tp.parent_id),
-            TraceFlags::new(tp.flags & 1),
-            true,
-            state,
-        );
-        if !sc.is_valid() {
-            return false;
-        }
-        let cx = opentelemetry::Context::new().with_remote_span_context(sc);
-        span.set_parent(cx).is_ok()
+        let sampler = SAMPLER.get().copied().unwrap_or(Sampler::ParentBasedAlwaysOn);
+        crate::spans::link(span, sampler, tp, ts)
     }
 
     pub(super) fn current() -> Option<crate::TraceContext> {
-        let cx = tracing::Span::current().context();
-        let span = cx.span();
-        let sc = span.span_context();
-        if !sc.is_valid() {
-            return None;
-        }
-        let parent = crate::TraceParent {
-            version: 0,
-            trace_id: sc.trace_id().to_bytes(),
-            parent_id: sc.span_id().to_bytes(),
-            flags: sc.trace_flags().to_u8() & 1,
-        };
-        let state = sc.trace_state();
-        // `header()` joins the members into a new string: only when there are some.
-        let state = (state != &TraceState::NONE).then(|| state.header());
-        Some(crate::TraceContext::new(parent, state))
+        crate::spans::context_of(&tracing::Span::current())
     }
 }
 
