@@ -448,8 +448,7 @@ mod tests {
         let subscriber = tracing_subscriber::registry().with(SpanLayer::new(sampler, processor.clone()));
         tracing::subscriber::with_default(subscriber, f);
         processor.force_flush().unwrap();
-        let got = keep.0.lock().unwrap().clone();
-        got
+        keep.0.lock().unwrap().drain(..).collect()
     }
 
     #[test]
