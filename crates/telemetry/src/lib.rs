@@ -41,7 +41,7 @@ pub use w3c::TraceParent;
 #[derive(Debug, Default)]
 pub struct Guard {
     #[cfg(feature = "otel")]
-    provider: Option<std::sync::Arc<opentelemetry_sdk::trace::BatchSpanProcessor>>,
+    processor: Option<std::sync::Arc<opentelemetry_sdk::trace::BatchSpanProcessor>>,
 }
 
 impl Guard {
@@ -49,7 +49,7 @@ impl Guard {
     pub fn exporting(&self) -> bool {
         #[cfg(feature = "otel")]
         {
-            self.provider.is_some()
+            self.processor.is_some()
         }
         #[cfg(not(feature = "otel"))]
         {
@@ -61,7 +61,7 @@ impl Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         #[cfg(feature = "otel")]
-        if let Some(p) = self.provider.take() {
+        if let Some(p) = self.processor.take() {
             use opentelemetry_sdk::trace::SpanProcessor;
             let _ = p.force_flush();
             let _ = p.shutdown();
@@ -115,7 +115,7 @@ pub fn init_with(format: &str, otel_config: Option<OtelConfig>) -> Guard {
     });
     #[cfg(feature = "otel")]
     {
-        let (layer, provider) = match otel_config.and_then(|c| otel::layer(&c)) {
+        let (layer, processor) = match otel_config.and_then(|c| otel::layer(&c)) {
             Some((l, p)) => {
                 let filter = EnvFilter::try_from_env("JETRUN_TRACE_FILTER")
                     .unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
@@ -129,7 +129,7 @@ pub fn init_with(format: &str, otel_config: Option<OtelConfig>) -> Guard {
             .with(text)
             .with(layer)
             .try_init();
-        Guard { provider }
+        Guard { processor }
     }
     #[cfg(not(feature = "otel"))]
     {
@@ -286,6 +286,14 @@ pub fn new_traceparent() -> String {
     sampled_by(&tp, ratio)
 }
 
+/// Whether a trace whose id ends in the 64 bits `trace_id_low` is kept at `ratio`: the
+/// SDK's `TraceIdRatioBased` bound on the low 63 bits. One rule for the traces jetrun starts
+/// ([`new_traceparent`]) and the spans its layer samples.
+fn ratio_keeps(trace_id_low: u64, ratio: f64) -> bool {
+    let bound = (ratio.clamp(0.0, 1.0) * (1u64 << 63) as f64) as u64;
+    (trace_id_low >> 1) < bound
+}
+
 /// `tp` with its sampled flag decided by `ratio` over its trace id.
 fn sampled_by(tp: &str, ratio: f64) -> String {
     // `00-<32 hex trace>-<16 hex span>-<flags>`: the low 64 bits are hex 16..32 of the id.
@@ -293,7 +301,7 @@ fn sampled_by(tp: &str, ratio: f64) -> String {
         return tp.to_string();
     };
     let low = u64::from_str_radix(low, 16).unwrap_or(u64::MAX);
-    let sampled = ratio >= 1.0 || (ratio > 0.0 && (low as f64) < ratio * (u64::MAX as f64));
+    let sampled = ratio_keeps(low, ratio);
     format!("{head}-{}", if sampled { "01" } else { "00" })
 }
 

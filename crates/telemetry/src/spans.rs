@@ -58,6 +58,20 @@ struct Data {
     status: Status,
 }
 
+impl Data {
+    /// A span named `name` starting now, with room for `fields` attributes.
+    fn new(name: &'static str, fields: usize) -> Box<Self> {
+        Box::new(Self {
+            name: Cow::Borrowed(name),
+            kind: SpanKind::Internal,
+            start: SystemTime::now(),
+            attributes: Vec::with_capacity(fields),
+            events: Vec::new(),
+            status: Status::Unset,
+        })
+    }
+}
+
 /// The layer (install it with a filter: it records what the filter lets through).
 pub(crate) struct SpanLayer {
     sampler: Sampler,
@@ -75,12 +89,11 @@ impl SpanLayer {
     }
 }
 
-/// The SDK's `TraceIdRatioBased` decision: the trace id's low 63 bits against the ratio.
+/// The SDK's `TraceIdRatioBased` decision over a trace id ([`crate::ratio_keeps`]).
 fn by_ratio(trace_id: &[u8; 16], ratio: f64) -> bool {
-    let bound = (ratio.clamp(0.0, 1.0) * (1u64 << 63) as f64) as u64;
     let mut low = [0u8; 8];
     low.copy_from_slice(&trace_id[8..]);
-    (u64::from_be_bytes(low) >> 1) < bound
+    crate::ratio_keeps(u64::from_be_bytes(low), ratio)
 }
 
 /// The sampling decision for a span of `trace_id`, given its parent's (`None`: a root),
@@ -152,14 +165,7 @@ where
             };
         let data = record.then(|| {
             let meta = attrs.metadata();
-            let mut d = Box::new(Data {
-                name: Cow::Borrowed(meta.name()),
-                kind: SpanKind::Internal,
-                start: SystemTime::now(),
-                attributes: Vec::with_capacity(meta.fields().len()),
-                events: Vec::new(),
-                status: Status::Unset,
-            });
+            let mut d = Data::new(meta.name(), meta.fields().len());
             attrs.record(&mut Fields(&mut d));
             d
         });
@@ -268,15 +274,7 @@ pub(crate) fn link(
         if sampled && rec.data.is_none() {
             // A child of an unsampled span, sampled as the remote parent's: from now on
             // (its creation fields were not recorded).
-            let meta = span.metadata();
-            rec.data = Some(Box::new(Data {
-                name: Cow::Borrowed(meta.map_or("span", |m| m.name())),
-                kind: SpanKind::Internal,
-                start: SystemTime::now(),
-                attributes: Vec::new(),
-                events: Vec::new(),
-                status: Status::Unset,
-            }));
+            rec.data = Some(Data::new(span.metadata().map_or("span", |m| m.name()), 0));
         }
         linked = true;
     });
