@@ -313,6 +313,11 @@ struct Fields<'a>(&'a mut Data);
 impl Fields<'_> {
     fn set(&mut self, field: &Field, value: Value) {
         let name = field.name();
+        // The logs' copy of the span's own trace id: an exported span carries it already,
+        // as its id (32 hex characters and one allocation fewer on every consumer span).
+        if name == "trace_id" {
+            return;
+        }
         let attrs = &mut self.0.attributes;
         // A field recorded again replaces its value (`Span::record` after creation).
         if let Some(kv) = attrs.iter_mut().find(|kv| kv.key.as_str() == name) {
@@ -463,8 +468,10 @@ mod tests {
                 count = 3u64,
                 big = u64::MAX,
                 later = tracing::field::Empty,
+                trace_id = tracing::field::Empty,
             );
             assert!(link(&outer, Sampler::ParentBasedAlwaysOn, &remote, Some("k=v")));
+            outer.record("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736");
             outer.record("later", "set");
             outer.record("later", "set again");
             outer.in_scope(|| {
@@ -496,7 +503,7 @@ mod tests {
         assert_eq!(
             outer.attributes.len(),
             4,
-            "otel.* fields are not attributes: {:?}",
+            "otel.* fields and the logs' trace_id are not attributes: {:?}",
             outer.attributes
         );
         // The child: same trace, the outer span its local parent, the error on it.

@@ -65,6 +65,10 @@ pub struct Counts {
     pub bytes: AtomicU64,
     /// Spans by name, over the sink's life.
     pub names: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+    /// Trace requests received and not yet counted: walked by [`Sink::read`], after the
+    /// child has finished, so that the sink's own parsing does not take CPU from the two
+    /// cores the measured run shares (a collector runs on another machine).
+    pub pending: std::sync::Mutex<Vec<Vec<u8>>>,
 }
 
 /// An OTLP/HTTP receiver on loopback that counts and discards.
@@ -92,6 +96,15 @@ impl Sink {
 
     /// (requests, spans, bytes) so far.
     pub fn read(&self) -> (u64, u64, u64) {
+        let pending = std::mem::take(&mut *self.counts.pending.lock().unwrap());
+        let mut names = self.counts.names.lock().unwrap();
+        for body in pending {
+            self.counts.spans.fetch_add(count_spans(&body), Ordering::Relaxed);
+            for n in span_names(&body) {
+                *names.entry(n).or_default() += 1;
+            }
+        }
+        drop(names);
         (
             self.counts.requests.load(Ordering::Relaxed),
             self.counts.spans.load(Ordering::Relaxed),
@@ -138,11 +151,7 @@ fn serve(conn: TcpStream, counts: &Counts) {
         counts.requests.fetch_add(1, Ordering::Relaxed);
         counts.bytes.fetch_add(len as u64, Ordering::Relaxed);
         if line.starts_with("POST /v1/traces") {
-            counts.spans.fetch_add(count_spans(&body), Ordering::Relaxed);
-            let mut names = counts.names.lock().unwrap();
-            for n in span_names(&body) {
-                *names.entry(n).or_default() += 1;
-            }
+            counts.pending.lock().unwrap().push(body);
         }
         if w.write_all(
             b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
@@ -365,6 +374,34 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// A 95 % interval for the median of `v`, by bootstrap (4,000 resamples drawn with a fixed
+/// seed, so the same rounds give the same interval): how far the median of this many
+/// noisy rounds can be trusted.
+fn median_interval(v: &[f64]) -> (f64, f64) {
+    if v.len() < 2 {
+        let m = median(v);
+        return (m, m);
+    }
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        // xorshift64*
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let mut medians: Vec<f64> = (0..4000)
+        .map(|_| {
+            let sample: Vec<f64> = (0..v.len())
+                .map(|_| v[(next() % v.len() as u64) as usize])
+                .collect();
+            median(&sample)
+        })
+        .collect();
+    medians.sort_by(f64::total_cmp);
+    (medians[100], medians[3899])
+}
+
 /// CPU seconds per item of one run: (pipeline, nats-server).
 type CpuPerItem = (f64, f64);
 
@@ -475,9 +512,10 @@ pub fn compare(what: &str, unit: &str, item: &str, show: impl Fn(&str) -> bool) 
     let pairs: Vec<String> = per_round.iter().map(|r| format!("{r:.3}")).collect();
     println!("observability off: median {m_off:.0} {unit} ({off:.0?})");
     println!("observability on:  median {m_on:.0} {unit} ({on:.0?})");
+    let (lo, hi) = median_interval(&per_round);
     println!(
-        "on/off of the medians: {ratio:.3} ({:+.1} %); per round {} (median {:.3}); \
-         normalised by each run's own baseline: {:.3}",
+        "on/off of the medians: {ratio:.3} ({:+.1} %); per round {} (median {:.3}, 95 % \
+         bootstrap interval {lo:.3}–{hi:.3}); normalised by each run's own baseline: {:.3}",
         (ratio - 1.0) * 100.0,
         pairs.join(" "),
         median(&per_round),
@@ -494,6 +532,17 @@ pub fn compare(what: &str, unit: &str, item: &str, show: impl Fn(&str) -> bool) 
             (c_on / c_off - 1.0) * 100.0,
             (t_on / t_off - 1.0) * 100.0,
             t_off / t_on
+        );
+        // The same, round by round: off's CPU per item over on's (each pair back to back).
+        let per_round: Vec<f64> = off_cpu
+            .iter()
+            .zip(&on_cpu)
+            .map(|(a, b)| (a.0 + a.1) / (b.0 + b.1))
+            .collect();
+        let (lo, hi) = median_interval(&per_round);
+        println!(
+            "throughput implied by CPU, per round: median {:.3} × off (95 % bootstrap interval {lo:.3}–{hi:.3})",
+            median(&per_round)
         );
     }
 }
