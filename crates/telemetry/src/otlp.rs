@@ -26,7 +26,7 @@ use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 /// scope, appended to `out`.
 pub(crate) fn encode_request(resource: &[u8], resource_schema: &str, spans: &[SpanData], out: &mut Vec<u8>) {
     // ExportTraceServiceRequest.resource_spans = 1
-    nested(out, 1, |b| {
+    nested_in(out, 1, 3, |b| {
         // ResourceSpans.resource = 1
         tag(b, 1, LEN);
         varint(b, resource.len() as u64);
@@ -40,7 +40,7 @@ pub(crate) fn encode_request(resource: &[u8], resource_schema: &str, spans: &[Sp
             }
         }
         for scope in scopes {
-            nested(b, 2, |b| {
+            nested_in(b, 2, 3, |b| {
                 // ScopeSpans.scope = 1
                 nested(b, 1, |b| {
                     string(b, 1, scope.name());
@@ -51,7 +51,7 @@ pub(crate) fn encode_request(resource: &[u8], resource_schema: &str, spans: &[Sp
                 });
                 for s in spans.iter().filter(|s| &s.instrumentation_scope == scope) {
                     // ScopeSpans.spans = 2
-                    nested(b, 2, |b| span(b, s));
+                    nested_in(b, 2, 2, |b| span(b, s));
                 }
                 string(b, 3, scope.schema_url().unwrap_or_default());
             });
@@ -255,18 +255,24 @@ fn string(b: &mut Vec<u8>, field: u32, v: &str) {
     bytes(b, field, v.as_bytes());
 }
 
-/// A length-delimited field whose body `f` writes: the body goes first, then its length
-/// is put in front of it (one move of the body's bytes, no buffer of its own).
+/// A length-delimited field whose body `f` writes, with one byte kept for its length (an
+/// attribute, a value: almost always under 128 bytes).
 fn nested(b: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec<u8>)) {
+    nested_in(b, field, 1, f);
+}
+
+/// A length-delimited field whose body `f` writes after `room` bytes kept for its length
+/// (a guess at the varint's size: 2 for a span, 3 for a batch). The length is written
+/// into that room when it fits exactly; otherwise the body moves once to make it fit, so
+/// the output is the canonical (shortest) encoding either way. A right guess moves no
+/// byte: before, every nested message's body was moved to put its length in front, and
+/// an attribute's bytes moved three times (value, attribute, span) and again for the batch.
+fn nested_in(b: &mut Vec<u8>, field: u32, room: usize, f: impl FnOnce(&mut Vec<u8>)) {
     tag(b, field, LEN);
-    let start = b.len();
+    let at = b.len();
+    b.resize(at + room, 0);
     f(b);
-    let len = b.len() - start;
-    if len < 0x80 {
-        // The common case (an attribute, a value): one byte.
-        b.insert(start, len as u8);
-        return;
-    }
+    let len = b.len() - at - room;
     let (mut prefix, mut n, mut v) = ([0u8; 10], 0, len as u64);
     while v >= 0x80 {
         prefix[n] = (v as u8) | 0x80;
@@ -274,7 +280,17 @@ fn nested(b: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec<u8>)) {
         n += 1;
     }
     prefix[n] = v as u8;
-    b.splice(start..start, prefix[..=n].iter().copied());
+    let need = n + 1;
+    match need.cmp(&room) {
+        std::cmp::Ordering::Equal => {}
+        std::cmp::Ordering::Greater => {
+            b.splice(at..at, std::iter::repeat_n(0, need - room));
+        }
+        std::cmp::Ordering::Less => {
+            b.drain(at..at + room - need);
+        }
+    }
+    b[at..at + need].copy_from_slice(&prefix[..need]);
 }
 
 /// Posts spans to an OTLP/HTTP traces endpoint as protobuf.
@@ -481,6 +497,36 @@ mod tests {
         assert_eq!(got, want);
         // Byte for byte too: the same fields in the same order, defaults left out.
         assert!(ours == want.encode_to_vec(), "the bytes differ from prost's");
+    }
+
+    /// The length of each nested message goes into the room kept for it, or the body moves
+    /// to fit: every size class gives prost's bytes (attributes over 127 bytes, spans over
+    /// 16 KB, a batch over 16 KB and one under 128 bytes).
+    #[test]
+    fn lengths_of_every_size_are_canonical() {
+        let resource = Resource::builder_empty().with_service_name("jetrun").build();
+        let scope = InstrumentationScope::builder("jetrun").build();
+        let sizes: [(u8, usize); 5] = [(1, 0), (1, 127), (3, 128), (2, 20_000), (250, 90)];
+        for (count, value_len) in sizes {
+            let spans: Vec<SpanData> = (0..count)
+                .map(|i| {
+                    let mut s = sample(i, &scope);
+                    s.attributes.push(KeyValue::new("big", "x".repeat(value_len)));
+                    s
+                })
+                .collect();
+            let mut ours = Vec::new();
+            encode_request(&encode_resource(&resource), "", &spans, &mut ours);
+            let want = upstream(&resource, spans);
+            assert!(
+                ours == want.encode_to_vec(),
+                "{count} spans with a {value_len}-byte value: the bytes differ from prost's"
+            );
+        }
+        let mut ours = Vec::new();
+        encode_request(&[], "", &[], &mut ours);
+        let empty = Resource::builder_empty().build();
+        assert!(ours == upstream(&empty, Vec::new()).encode_to_vec());
     }
 
     #[test]

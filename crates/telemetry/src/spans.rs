@@ -166,7 +166,7 @@ where
         let data = record.then(|| {
             let meta = attrs.metadata();
             let mut d = Data::new(meta.name(), meta.fields().len());
-            attrs.record(&mut Fields(&mut d));
+            attrs.record(&mut Fields { data: &mut d, fresh: true });
             d
         });
         span.extensions_mut().insert(Rec {
@@ -184,7 +184,7 @@ where
         let Some(span) = ctx.span(id) else { return };
         let mut ext = span.extensions_mut();
         if let Some(d) = ext.get_mut::<Rec>().and_then(|r| r.data.as_mut()) {
-            values.record(&mut Fields(d));
+            values.record(&mut Fields { data: d, fresh: false });
         }
     }
 
@@ -308,7 +308,12 @@ fn with_rec(span: &tracing::Span, f: impl FnOnce(&mut Rec)) {
 }
 
 /// Records a span's fields into its [`Data`].
-struct Fields<'a>(&'a mut Data);
+struct Fields<'a> {
+    data: &'a mut Data,
+    /// The span's creation fields: each field appears once (a span's field set has no
+    /// duplicates), so there is nothing recorded yet to replace and no search to make.
+    fresh: bool,
+}
 
 impl Fields<'_> {
     fn set(&mut self, field: &Field, value: Value) {
@@ -318,9 +323,11 @@ impl Fields<'_> {
         if name == "trace_id" {
             return;
         }
-        let attrs = &mut self.0.attributes;
+        let attrs = &mut self.data.attributes;
         // A field recorded again replaces its value (`Span::record` after creation).
-        if let Some(kv) = attrs.iter_mut().find(|kv| kv.key.as_str() == name) {
+        if self.fresh {
+            attrs.push(KeyValue::new(Key::from_static_str(name), value));
+        } else if let Some(kv) = attrs.iter_mut().find(|kv| kv.key.as_str() == name) {
             kv.value = value;
         } else {
             attrs.push(KeyValue::new(Key::from_static_str(name), value));
@@ -342,10 +349,10 @@ fn kind_of(s: &str) -> Option<SpanKind> {
 impl Visit for Fields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
         match field.name() {
-            "otel.name" => self.0.name = Cow::Owned(value.to_string()),
+            "otel.name" => self.data.name = Cow::Owned(value.to_string()),
             "otel.kind" => {
                 if let Some(k) = kind_of(value) {
-                    self.0.kind = k;
+                    self.data.kind = k;
                 }
             }
             _ => self.set(field, Value::String(StringValue::from(value.to_string()))),

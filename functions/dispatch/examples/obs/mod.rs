@@ -16,6 +16,10 @@
 //! `BENCH_ROUNDS` (default 3) pairs of runs; `BENCH_OBS=off|on` runs one mode alone (with
 //! its own sink when `BENCH_OTLP_ENDPOINT` is not set). `BENCH_OBS_PARTS=traces|metrics`
 //! turns on only span export, or only the scrapes and EMF, to measure them apart.
+//! `BENCH_CALLGRIND=1` runs every child under `valgrind --tool=callgrind` and prints the
+//! instructions the pipeline process executed per item over the measured phase, off and
+//! on: a count that does not move with the machine's load (wall time under valgrind is
+//! meaningless; use `BENCH_OBS_PARTS=traces`, since the scrapes happen per second).
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -289,6 +293,33 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) as f64 / 100.0
 }
 
+/// This process's system CPU seconds (the kernel's share of [`cpu_seconds`]) and its
+/// context switches (voluntary + involuntary, summed over its threads): where CPU goes
+/// that an instruction count of the process's own code does not see.
+pub fn kernel_side() -> (f64, u64) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let sys = rest
+        .split_whitespace()
+        .nth(12)
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0) as f64
+        / 100.0;
+    let mut switches = 0;
+    for t in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        for l in status.lines() {
+            if let Some(v) = l
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                switches += v.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    (sys, switches)
+}
+
 /// The nats-server this process started (the harness's child), if any.
 pub fn nats_server_pid() -> Option<u32> {
     let me = std::process::id().to_string();
@@ -306,15 +337,44 @@ pub fn nats_server_pid() -> Option<u32> {
 pub struct Cpu {
     client: f64,
     server: f64,
+    kernel: (f64, u64),
     server_pid: Option<u32>,
+}
+
+/// Under callgrind (`BENCH_CALLGRIND=1` in the parent, which runs each child under
+/// `valgrind --tool=callgrind` and names its output file in `BENCH_CALLGRIND_OUT`): asks
+/// callgrind to zero its counters (`zero`) or to dump them (`dump`) and returns the
+/// instructions counted since the zero. callgrind_control reaches the process through
+/// vgdb, so nothing in the measured code changes; without callgrind this does nothing.
+fn callgrind(command: &str) -> Option<u64> {
+    let out = std::env::var("BENCH_CALLGRIND_OUT").ok()?;
+    let flag = if command == "zero" { "-z" } else { "-d" };
+    let status = Command::new("callgrind_control")
+        .arg(flag)
+        .arg(std::process::id().to_string())
+        .stdout(Stdio::null())
+        .status()
+        .expect("callgrind_control runs (Debian's valgrind package)");
+    assert!(status.success(), "callgrind_control {flag}: {status}");
+    if command == "zero" {
+        return None;
+    }
+    // The first dump of `--callgrind-out-file=F` is `F.1`; its `summary:` line is the
+    // instructions executed (Ir) by every thread since the zero.
+    let text = std::fs::read_to_string(format!("{out}.1")).expect("callgrind wrote its dump");
+    text.lines()
+        .find_map(|l| l.strip_prefix("summary:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 impl Cpu {
     pub fn start() -> Cpu {
+        callgrind("zero");
         let server_pid = nats_server_pid();
         Cpu {
             client: cpu_seconds(std::process::id()),
             server: server_pid.map(cpu_seconds).unwrap_or(0.0),
+            kernel: kernel_side(),
             server_pid,
         }
     }
@@ -323,6 +383,17 @@ impl Cpu {
     pub fn report(&self, items: u64, item: &str) {
         let client = cpu_seconds(std::process::id()) - self.client;
         let server = self.server_pid.map(cpu_seconds).unwrap_or(0.0) - self.server;
+        let (sys, switches) = kernel_side();
+        println!(
+            "CPU per {item}, pipeline in the kernel: {:.0} µs; context switches per {item}: {:.2}",
+            (sys - self.kernel.0) * 1e6 / items.max(1) as f64,
+            (switches - self.kernel.1) as f64 / items.max(1) as f64
+        );
+        if let Some(ir) = callgrind("dump") {
+            let per_item = ir as f64 / items.max(1) as f64;
+            println!("instructions per {item} (callgrind, this process): {per_item:.0}");
+            println!("BENCH_INSTR client={per_item}");
+        }
         let per = |s: f64| s * 1e6 / items.max(1) as f64;
         println!(
             "CPU per {item}: pipeline {:.0} µs, nats-server {:.0} µs (over {items})",
@@ -415,6 +486,17 @@ pub fn compare(what: &str, unit: &str, item: &str, show: impl Fn(&str) -> bool) 
         .unwrap_or(3);
     let sink = Sink::start();
     let exe = std::env::current_exe().unwrap();
+    // `BENCH_CALLGRIND=1`: every child under callgrind, which counts the instructions the
+    // pipeline process executes per item over the measured phase. Wall time under
+    // valgrind means nothing, but the count is steady from run to run and from machine
+    // load to machine load, where jobs/s on two shared cores swings by ±20 %.
+    let grind = std::env::var("BENCH_CALLGRIND").is_ok_and(|v| v == "1").then(|| {
+        let dir = std::env::temp_dir().join(format!("jetrun-bench-callgrind-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        println!("instruction counts: every child under callgrind, files in {}", dir.display());
+        dir
+    });
+    let (mut off_instr, mut on_instr): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (mut off, mut on) = (Vec::new(), Vec::new());
     let (mut off_n, mut on_n) = (Vec::new(), Vec::new());
@@ -431,7 +513,20 @@ pub fn compare(what: &str, unit: &str, item: &str, show: impl Fn(&str) -> bool) 
         for obs in order {
             let mode = if obs { "on" } else { "off" };
             let before = sink.read();
-            let out = Command::new(&exe)
+            let mut child = match &grind {
+                None => Command::new(&exe),
+                Some(dir) => {
+                    let out = dir.join(format!("cg.{round}.{mode}"));
+                    let mut c = Command::new("valgrind");
+                    c.arg("--tool=callgrind")
+                        .arg(format!("--callgrind-out-file={}", out.display()))
+                        .arg(format!("--log-file={}.log", out.display()))
+                        .arg(&exe)
+                        .env("BENCH_CALLGRIND_OUT", &out);
+                    c
+                }
+            };
+            let out = child
                 .args(&args)
                 .env("BENCH_OBS", mode)
                 .env("BENCH_OTLP_ENDPOINT", &sink.url)
@@ -447,6 +542,11 @@ pub fn compare(what: &str, unit: &str, item: &str, show: impl Fn(&str) -> bool) 
             );
             let mut got = None;
             for l in text.lines() {
+                if let Some(r) = l.strip_prefix("BENCH_INSTR client=") {
+                    let n: f64 = r.trim().parse().unwrap();
+                    if obs { on_instr.push(n) } else { off_instr.push(n) }
+                    continue;
+                }
                 if let Some(r) = l.strip_prefix("BENCH_CPU ") {
                     let field = |k: &str| -> f64 {
                         r.split_whitespace()
@@ -543,6 +643,20 @@ pub fn compare(what: &str, unit: &str, item: &str, show: impl Fn(&str) -> bool) 
         println!(
             "throughput implied by CPU, per round: median {:.3} × off (95 % bootstrap interval {lo:.3}–{hi:.3})",
             median(&per_round)
+        );
+    }
+    if !off_instr.is_empty() && !on_instr.is_empty() {
+        let (i_off, i_on) = (median(&off_instr), median(&on_instr));
+        let spread = |v: &[f64]| {
+            let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
+            (hi - lo) / median(v) * 100.0
+        };
+        println!(
+            "instructions per {item}, pipeline process (callgrind, medians): off {i_off:.0} → on {i_on:.0} \
+             ({:+.1} %; rounds spread {:.1} % off, {:.1} % on; off {off_instr:.0?}, on {on_instr:.0?})",
+            (i_on / i_off - 1.0) * 100.0,
+            spread(&off_instr),
+            spread(&on_instr)
         );
     }
 }
