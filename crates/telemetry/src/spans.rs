@@ -166,7 +166,10 @@ where
         let data = record.then(|| {
             let meta = attrs.metadata();
             let mut d = Data::new(meta.name(), meta.fields().len());
-            attrs.record(&mut Fields { data: &mut d, fresh: true });
+            attrs.record(&mut Fields {
+                data: &mut d,
+                fresh: true,
+            });
             d
         });
         span.extensions_mut().insert(Rec {
@@ -184,7 +187,10 @@ where
         let Some(span) = ctx.span(id) else { return };
         let mut ext = span.extensions_mut();
         if let Some(d) = ext.get_mut::<Rec>().and_then(|r| r.data.as_mut()) {
-            values.record(&mut Fields { data: d, fresh: false });
+            values.record(&mut Fields {
+                data: d,
+                fresh: false,
+            });
         }
     }
 

@@ -306,7 +306,11 @@ pub fn kernel_side() -> (f64, u64) {
         .unwrap_or(0) as f64
         / 100.0;
     let mut switches = 0;
-    for t in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+    for t in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
         for l in status.lines() {
             if let Some(v) = l
@@ -493,7 +497,10 @@ pub fn compare(what: &str, unit: &str, item: &str, show: impl Fn(&str) -> bool) 
     let grind = std::env::var("BENCH_CALLGRIND").is_ok_and(|v| v == "1").then(|| {
         let dir = std::env::temp_dir().join(format!("jetrun-bench-callgrind-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        println!("instruction counts: every child under callgrind, files in {}", dir.display());
+        println!(
+            "instruction counts: every child under callgrind, files in {}",
+            dir.display()
+        );
         dir
     });
     let (mut off_instr, mut on_instr): (Vec<f64>, Vec<f64>) = (Vec::new(), Vec::new());
@@ -544,7 +551,11 @@ pub fn compare(what: &str, unit: &str, item: &str, show: impl Fn(&str) -> bool) 
             for l in text.lines() {
                 if let Some(r) = l.strip_prefix("BENCH_INSTR client=") {
                     let n: f64 = r.trim().parse().unwrap();
-                    if obs { on_instr.push(n) } else { off_instr.push(n) }
+                    if obs {
+                        on_instr.push(n)
+                    } else {
+                        off_instr.push(n)
+                    }
                     continue;
                 }
                 if let Some(r) = l.strip_prefix("BENCH_CPU ") {
@@ -648,7 +659,9 @@ pub fn compare(what: &str, unit: &str, item: &str, show: impl Fn(&str) -> bool) 
     if !off_instr.is_empty() && !on_instr.is_empty() {
         let (i_off, i_on) = (median(&off_instr), median(&on_instr));
         let spread = |v: &[f64]| {
-            let (lo, hi) = v.iter().fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
+            let (lo, hi) = v
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
             (hi - lo) / median(v) * 100.0
         };
         println!(
