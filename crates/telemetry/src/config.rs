@@ -6,8 +6,9 @@
 //! (`k=v,k2=v2`, values percent-decoded), `OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL`
 //! (`http/protobuf`, the default, or `http/json`; `grpc` is not built in),
 //! `OTEL_EXPORTER_OTLP[_TRACES]_TIMEOUT` (milliseconds), `OTEL_SERVICE_NAME`,
-//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`.
-//! Export is off when no endpoint is set.
+//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` and the
+//! batch settings `OTEL_BSP_SCHEDULE_DELAY` (milliseconds), `OTEL_BSP_MAX_QUEUE_SIZE` and
+//! `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` (spans). Export is off when no endpoint is set.
 
 use std::time::Duration;
 
@@ -54,6 +55,32 @@ pub struct OtelConfig {
     pub resource: Vec<(String, String)>,
     /// The sampler.
     pub sampler: Sampler,
+    /// How ended spans are batched before export.
+    pub batch: BatchSettings,
+}
+
+/// The batch span processor's settings (`OTEL_BSP_*`, with the specification's defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSettings {
+    /// The longest a span waits before its batch is exported (`OTEL_BSP_SCHEDULE_DELAY`,
+    /// default 5 s).
+    pub schedule_delay: Duration,
+    /// Spans kept waiting at most; more are dropped and counted (`OTEL_BSP_MAX_QUEUE_SIZE`,
+    /// default 2,048).
+    pub max_queue_size: usize,
+    /// Spans per export request at most; a full batch is exported at once
+    /// (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, default 512, never above the queue size).
+    pub max_export_batch_size: usize,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        Self {
+            schedule_delay: Duration::from_millis(5_000),
+            max_queue_size: 2_048,
+            max_export_batch_size: 512,
+        }
+    }
 }
 
 /// An `OTEL_*` setting that cannot be used.
@@ -183,6 +210,30 @@ impl OtelConfig {
                 });
             }
         };
+        let count = |variable: &'static str, default: usize| -> Result<usize, ConfigError> {
+            match get(variable) {
+                None => Ok(default),
+                Some(v) => v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| ConfigError {
+                        variable,
+                        message: format!("{v:?} is not a positive number"),
+                    }),
+            }
+        };
+        let d = BatchSettings::default();
+        let max_queue_size = count("OTEL_BSP_MAX_QUEUE_SIZE", d.max_queue_size)?;
+        let batch = BatchSettings {
+            schedule_delay: Duration::from_millis(count(
+                "OTEL_BSP_SCHEDULE_DELAY",
+                d.schedule_delay.as_millis() as usize,
+            )? as u64),
+            max_queue_size,
+            max_export_batch_size: count("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", d.max_export_batch_size)?
+                .min(max_queue_size),
+        };
         Ok(Some(Self {
             traces_endpoint,
             headers,
@@ -191,6 +242,7 @@ impl OtelConfig {
             service_name,
             resource,
             sampler,
+            batch,
         }))
     }
 }
@@ -295,6 +347,34 @@ mod tests {
         assert_eq!(c.resource, vec![("deployment.environment".into(), "prod".into())]);
         assert_eq!(c.sampler, Sampler::ParentBasedTraceIdRatio(0.25));
         assert_eq!(c.timeout, Duration::from_millis(2500));
+        assert_eq!(c.batch, BatchSettings::default());
+    }
+
+    #[test]
+    fn batch_settings_are_read_and_the_batch_never_exceeds_the_queue() {
+        let c = cfg(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "250"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "100"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "512"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            c.batch,
+            BatchSettings {
+                schedule_delay: Duration::from_millis(250),
+                max_queue_size: 100,
+                max_export_batch_size: 100,
+            }
+        );
+        for (k, v) in [
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "0"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "soon"),
+        ] {
+            let e = cfg(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a"), (k, v)]);
+            assert_eq!(e.unwrap_err().variable, k);
+        }
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! generated protobuf structs (a `String` per attribute key and value, a `Vec` per id)
 //! and then encodes those; with every span sampled, that conversion was the larger half
 //! of the exporter thread's CPU (docs/benchmarks.md, "Cost of observability"). This
-//! exporter writes the same `ExportTraceServiceRequest` bytes in one pass over the batch,
-//! with no allocation per span, and posts them as the upstream exporter does
+//! exporter writes the same `ExportTraceServiceRequest` bytes with no allocation per
+//! span: each span is encoded by the thread that ends it ([`encode_span`], called by
+//! [`crate::batch`]) and a request puts the encoded spans together; it posts them as the upstream exporter does
 //! (`Content-Type: application/x-protobuf`, the configured headers and timeout; a
 //! retryable answer — 429, 502, 503, 504 — is tried again with backoff within the
 //! timeout). `OTEL_EXPORTER_OTLP_PROTOCOL=http/json` still uses the upstream exporter.
@@ -19,27 +20,51 @@ use opentelemetry::trace::{SpanId, SpanKind, Status, TraceState};
 use opentelemetry::{Array, KeyValue, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use opentelemetry_sdk::trace::SpanData;
 
 /// `ExportTraceServiceRequest` for `spans`, with `resource` (an encoded `Resource`
 /// message, [`encode_resource`]) and its schema URL, and each span's instrumentation
 /// scope, appended to `out`.
+#[cfg(test)]
 pub(crate) fn encode_request(resource: &[u8], resource_schema: &str, spans: &[SpanData], out: &mut Vec<u8>) {
+    // One group per scope, in order of first appearance (a batch has one, "jetrun").
+    let mut scopes: Vec<(opentelemetry::InstrumentationScope, Vec<u8>)> = Vec::new();
+    for s in spans {
+        let i = match scopes.iter().position(|(sc, _)| sc == &s.instrumentation_scope) {
+            Some(i) => i,
+            None => {
+                scopes.push((s.instrumentation_scope.clone(), Vec::new()));
+                scopes.len() - 1
+            }
+        };
+        encode_span(&mut scopes[i].1, s);
+    }
+    encode_encoded(resource, resource_schema, &scopes, out);
+}
+
+/// Appends `s` to `b` as one `ScopeSpans.spans` field: the unit [`encode_encoded`] puts
+/// together, so a span can be encoded on the thread that ends it.
+pub(crate) fn encode_span(b: &mut Vec<u8>, s: &SpanData) {
+    // ScopeSpans.spans = 2
+    nested_in(b, 2, 2, |b| span(b, s));
+}
+
+/// `ExportTraceServiceRequest` for spans already encoded ([`encode_span`]), grouped by
+/// their scope, appended to `out`.
+pub(crate) fn encode_encoded(
+    resource: &[u8],
+    resource_schema: &str,
+    scopes: &[(opentelemetry::InstrumentationScope, Vec<u8>)],
+    out: &mut Vec<u8>,
+) {
     // ExportTraceServiceRequest.resource_spans = 1
     nested_in(out, 1, 3, |b| {
         // ResourceSpans.resource = 1
         tag(b, 1, LEN);
         varint(b, resource.len() as u64);
         b.extend_from_slice(resource);
-        // ResourceSpans.scope_spans = 2: one per scope, in order of first appearance (a
-        // batch has one, "jetrun"; comparing scopes is cheap next to encoding a span).
-        let mut scopes: Vec<&opentelemetry::InstrumentationScope> = Vec::new();
-        for s in spans {
-            if !scopes.contains(&&s.instrumentation_scope) {
-                scopes.push(&s.instrumentation_scope);
-            }
-        }
-        for scope in scopes {
+        for (scope, spans) in scopes {
+            // ResourceSpans.scope_spans = 2
             nested_in(b, 2, 3, |b| {
                 // ScopeSpans.scope = 1
                 nested(b, 1, |b| {
@@ -49,10 +74,7 @@ pub(crate) fn encode_request(resource: &[u8], resource_schema: &str, spans: &[Sp
                         key_value(b, 3, kv);
                     }
                 });
-                for s in spans.iter().filter(|s| &s.instrumentation_scope == scope) {
-                    // ScopeSpans.spans = 2
-                    nested_in(b, 2, 2, |b| span(b, s));
-                }
+                b.extend_from_slice(spans);
                 string(b, 3, scope.schema_url().unwrap_or_default());
             });
         }
@@ -332,7 +354,7 @@ impl ProtoExporter {
         })
     }
 
-    fn post(&self, body: Vec<u8>) -> OTelSdkResult {
+    pub(crate) fn post(&self, body: Vec<u8>) -> OTelSdkResult {
         let deadline = Instant::now() + self.timeout;
         let mut attempt = 0u32;
         loop {
@@ -371,16 +393,21 @@ impl ProtoExporter {
     }
 }
 
-impl SpanExporter for ProtoExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        // One buffer per batch (≈ 600 bytes a span), not one allocation per field.
-        let mut body = Vec::with_capacity(batch.len() * 640 + self.resource.len() + 64);
-        encode_request(&self.resource, &self.resource_schema, &batch, &mut body);
-        drop(batch);
+impl ProtoExporter {
+    /// Posts one request holding `scopes`' encoded spans ([`encode_span`]); `spans` of
+    /// them, for sizing the body.
+    pub(crate) fn export_encoded(
+        &self,
+        scopes: &[(opentelemetry::InstrumentationScope, Vec<u8>)],
+    ) -> OTelSdkResult {
+        let len: usize = scopes.iter().map(|(_, b)| b.len() + 64).sum();
+        let mut body = Vec::with_capacity(len + self.resource.len() + 16);
+        encode_encoded(&self.resource, &self.resource_schema, scopes, &mut body);
         self.post(body)
     }
 
-    fn set_resource(&mut self, resource: &Resource) {
+    /// The resource every request carries.
+    pub(crate) fn set_resource(&mut self, resource: &Resource) {
         self.resource = encode_resource(resource);
         self.resource_schema = resource.schema_url().unwrap_or_default().to_string();
     }
@@ -388,7 +415,7 @@ impl SpanExporter for ProtoExporter {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use std::borrow::Cow;
 
     use opentelemetry::trace::{SpanContext, TraceFlags, TraceId};
@@ -401,7 +428,7 @@ mod tests {
 
     use super::*;
 
-    fn sample(i: u8, scope: &InstrumentationScope) -> SpanData {
+    pub(crate) fn sample(i: u8, scope: &InstrumentationScope) -> SpanData {
         let mut events = SpanEvents::default();
         events.events.push(opentelemetry::trace::Event::new(
             "job claimed",
@@ -560,9 +587,9 @@ mod tests {
     /// A receiver on loopback answering each request with the next of `statuses`, and
     /// keeping each request's head and body.
     /// Each request's head and body, as received.
-    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+    pub(crate) type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
 
-    fn receiver(statuses: Vec<u16>) -> (String, Seen) {
+    pub(crate) fn receiver(statuses: Vec<u16>) -> (String, Seen) {
         use std::io::{BufRead, BufReader, Read, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());

@@ -1,5 +1,6 @@
-//! jetrun's span layer: `tracing` spans to OpenTelemetry [`SpanData`], handed to the SDK's
-//! batch processor and from there to the OTLP exporter.
+//! jetrun's span layer: `tracing` spans to OpenTelemetry [`SpanData`], handed to a batch
+//! processor ([`crate::batch`] for OTLP/HTTP protobuf, the SDK's for JSON) and from there
+//! to the OTLP exporter.
 //!
 //! It replaces `tracing-opentelemetry` + the SDK tracer, which with every span sampled
 //! were most of what export cost on the lifecycle benchmark (docs/benchmarks.md, "Cost of
@@ -23,7 +24,7 @@ use std::time::SystemTime;
 
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
 use opentelemetry::{InstrumentationScope, Key, KeyValue, StringValue, Value};
-use opentelemetry_sdk::trace::{BatchSpanProcessor, SpanData, SpanEvents, SpanLinks, SpanProcessor};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks, SpanProcessor};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Subscriber};
@@ -75,12 +76,12 @@ impl Data {
 /// The layer (install it with a filter: it records what the filter lets through).
 pub(crate) struct SpanLayer {
     sampler: Sampler,
-    processor: Arc<BatchSpanProcessor>,
+    processor: Arc<dyn SpanProcessor>,
     scope: InstrumentationScope,
 }
 
 impl SpanLayer {
-    pub(crate) fn new(sampler: Sampler, processor: Arc<BatchSpanProcessor>) -> Self {
+    pub(crate) fn new(sampler: Sampler, processor: Arc<dyn SpanProcessor>) -> Self {
         Self {
             sampler,
             processor,
@@ -460,7 +461,7 @@ mod tests {
     /// Runs `f` under a registry with the layer (`sampler`), and returns what it exported.
     fn exported(sampler: Sampler, f: impl FnOnce()) -> Vec<SpanData> {
         let keep = Keep::default();
-        let processor = Arc::new(BatchSpanProcessor::builder(keep.clone()).build());
+        let processor = Arc::new(opentelemetry_sdk::trace::BatchSpanProcessor::builder(keep.clone()).build());
         let subscriber = tracing_subscriber::registry().with(SpanLayer::new(sampler, processor.clone()));
         tracing::subscriber::with_default(subscriber, f);
         processor.force_flush().unwrap();
