@@ -292,13 +292,20 @@ mod tests {
     use super::*;
     use crate::otlp::tests::{receiver, sample};
 
-    fn batcher(url: String, settings: BatchSettings) -> EncodingBatcher {
-        let exporter = ProtoExporter::new(url, &[], Duration::from_secs(5)).unwrap();
-        let resource = Resource::builder_empty()
+    fn resource() -> Resource {
+        Resource::builder_empty()
             .with_service_name("batch-test")
             .with_attribute(KeyValue::new("deployment.environment", "test"))
-            .build();
-        EncodingBatcher::new(exporter, &resource, settings, Duration::from_secs(5)).unwrap()
+            .build()
+    }
+
+    fn batcher_with(url: String, settings: BatchSettings, resource: &Resource) -> EncodingBatcher {
+        let exporter = ProtoExporter::new(url, &[], Duration::from_secs(5)).unwrap();
+        EncodingBatcher::new(exporter, resource, settings, Duration::from_secs(5)).unwrap()
+    }
+
+    fn batcher(url: String, settings: BatchSettings) -> EncodingBatcher {
+        batcher_with(url, settings, &resource())
     }
 
     fn decoded(body: &[u8]) -> ExportTraceServiceRequest {
@@ -317,7 +324,9 @@ mod tests {
     #[test]
     fn a_flush_posts_every_ended_span_as_the_encoder_encodes_them_together() {
         let (url, seen) = receiver(vec![]);
-        let b = batcher(url, BatchSettings::default());
+        // One resource for both encodings: its attributes iterate in a per-instance order.
+        let resource = resource();
+        let b = batcher_with(url, BatchSettings::default(), &resource);
         let scope = InstrumentationScope::builder("jetrun").build();
         let spans: Vec<SpanData> = (0..3).map(|i| sample(i, &scope)).collect();
         for s in spans.clone() {
@@ -332,10 +341,6 @@ mod tests {
         assert_eq!(seen.len(), 1, "one request");
         // Byte for byte what encoding the batch in one pass gives (itself checked against
         // opentelemetry-proto's conversion in crate::otlp).
-        let resource = Resource::builder_empty()
-            .with_service_name("batch-test")
-            .with_attribute(KeyValue::new("deployment.environment", "test"))
-            .build();
         let mut whole = Vec::new();
         otlp::encode_request(&otlp::encode_resource(&resource), "", &spans, &mut whole);
         assert_eq!(seen[0].1, whole);
