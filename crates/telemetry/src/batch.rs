@@ -131,20 +131,8 @@ impl EncodingBatcher {
         let open = &mut st.open;
         open.since.get_or_insert_with(Instant::now);
         open.spans += 1;
-        let i = match open
-            .scopes
-            .iter()
-            .position(|(sc, _)| *sc == span.instrumentation_scope)
-        {
-            Some(i) => i,
-            None => {
-                let room = b.len() * s.max_export_batch_size.min(1024);
-                open.scopes
-                    .push((span.instrumentation_scope.clone(), Vec::with_capacity(room)));
-                open.scopes.len() - 1
-            }
-        };
-        open.scopes[i].1.extend_from_slice(b);
+        let room = b.len() * s.max_export_batch_size.min(1024);
+        otlp::scope_buffer(&mut open.scopes, &span.instrumentation_scope, room).extend_from_slice(b);
         if open.spans >= s.max_export_batch_size {
             let full = std::mem::take(&mut st.open);
             st.full.push_back(full);
@@ -308,6 +296,15 @@ mod tests {
         batcher_with(url, settings, &resource())
     }
 
+    /// Waits (at most 10 s) until `seen` holds `n` requests.
+    fn wait_for_requests(seen: &crate::otlp::tests::Seen, n: usize, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while seen.lock().unwrap().len() < n {
+            assert!(Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     fn decoded(body: &[u8]) -> ExportTraceServiceRequest {
         ExportTraceServiceRequest::decode(body).unwrap()
     }
@@ -370,11 +367,7 @@ mod tests {
             b.on_end(sample(i, &scope));
         }
         // Two full batches are exported without a flush (the schedule delay is an hour).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while seen.lock().unwrap().len() < 2 {
-            assert!(Instant::now() < deadline, "full batches not exported");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for_requests(&seen, 2, "full batches not exported");
         b.force_flush().unwrap();
         let seen = seen.lock().unwrap();
         let sizes: Vec<usize> = seen.iter().map(|(_, body)| names(&decoded(body)).len()).collect();
@@ -392,11 +385,7 @@ mod tests {
         let scope = InstrumentationScope::builder("jetrun").build();
         let t = Instant::now();
         b.on_end(sample(1, &scope));
-        let deadline = t + Duration::from_secs(10);
-        while seen.lock().unwrap().is_empty() {
-            assert!(Instant::now() < deadline, "a due batch was not exported");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for_requests(&seen, 1, "a due batch was not exported");
         assert!(t.elapsed() >= Duration::from_millis(100), "not before the delay");
     }
 

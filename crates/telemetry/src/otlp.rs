@@ -6,8 +6,8 @@
 //! of the exporter thread's CPU (docs/benchmarks.md, "Cost of observability"). This
 //! exporter writes the same `ExportTraceServiceRequest` bytes with no allocation per
 //! span: each span is encoded by the thread that ends it ([`encode_span`], called by
-//! [`crate::batch`]) and a request puts the encoded spans together; it posts them as the upstream exporter does
-//! (`Content-Type: application/x-protobuf`, the configured headers and timeout; a
+//! [`crate::batch`]), a request puts the encoded spans together, and it is posted as the
+//! upstream exporter does (`Content-Type: application/x-protobuf`, the configured headers and timeout; a
 //! retryable answer — 429, 502, 503, 504 — is tried again with backoff within the
 //! timeout). `OTEL_EXPORTER_OTLP_PROTOCOL=http/json` still uses the upstream exporter.
 //!
@@ -27,19 +27,29 @@ use opentelemetry_sdk::trace::SpanData;
 /// scope, appended to `out`.
 #[cfg(test)]
 pub(crate) fn encode_request(resource: &[u8], resource_schema: &str, spans: &[SpanData], out: &mut Vec<u8>) {
-    // One group per scope, in order of first appearance (a batch has one, "jetrun").
-    let mut scopes: Vec<(opentelemetry::InstrumentationScope, Vec<u8>)> = Vec::new();
+    let mut scopes = Vec::new();
     for s in spans {
-        let i = match scopes.iter().position(|(sc, _)| sc == &s.instrumentation_scope) {
-            Some(i) => i,
-            None => {
-                scopes.push((s.instrumentation_scope.clone(), Vec::new()));
-                scopes.len() - 1
-            }
-        };
-        encode_span(&mut scopes[i].1, s);
+        encode_span(scope_buffer(&mut scopes, &s.instrumentation_scope, 0), s);
     }
     encode_encoded(resource, resource_schema, &scopes, out);
+}
+
+/// The buffer of `scope`'s encoded spans in `scopes`, added (with `room` bytes reserved)
+/// if it is new: one group per scope, in order of first appearance (a batch has one,
+/// "jetrun"; comparing scopes is cheap next to encoding a span).
+pub(crate) fn scope_buffer<'a>(
+    scopes: &'a mut Vec<(opentelemetry::InstrumentationScope, Vec<u8>)>,
+    scope: &opentelemetry::InstrumentationScope,
+    room: usize,
+) -> &'a mut Vec<u8> {
+    let i = match scopes.iter().position(|(sc, _)| sc == scope) {
+        Some(i) => i,
+        None => {
+            scopes.push((scope.clone(), Vec::with_capacity(room)));
+            scopes.len() - 1
+        }
+    };
+    &mut scopes[i].1
 }
 
 /// Appends `s` to `b` as one `ScopeSpans.spans` field: the unit [`encode_encoded`] puts
@@ -391,11 +401,8 @@ impl ProtoExporter {
             std::thread::sleep(wait);
         }
     }
-}
 
-impl ProtoExporter {
-    /// Posts one request holding `scopes`' encoded spans ([`encode_span`]); `spans` of
-    /// them, for sizing the body.
+    /// Posts one request holding `scopes`' encoded spans ([`encode_span`]).
     pub(crate) fn export_encoded(
         &self,
         scopes: &[(opentelemetry::InstrumentationScope, Vec<u8>)],
